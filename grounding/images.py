@@ -1,0 +1,86 @@
+"""Loading images robustly: every odd input becomes an 8-bit RGB PIL image or a clear `ImageError`.
+
+Handles grayscale ("L", "1"), palette ("P"), RGBA/LA (composited on white), 16-bit and 32-bit integer or float
+images ("I;16", "I", "F": min-max scaled to 8 bit), CMYK, EXIF rotation, truncated or corrupt files and
+decompression bombs (PIL's own guard, reported with the file name).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["ImageError", "load_image", "to_rgb", "as_pil"]
+
+
+class ImageError(ValueError):
+    """An image could not be read or is not usable (the message names the file and why)."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Return an 8-bit RGB copy of any PIL image mode."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)  # (H, W)
+        finite = np.isfinite(array)
+        if not finite.any():
+            raise ImageError(f"image of mode {image.mode} has no finite pixel values")
+        array = np.where(finite, array, np.nanmin(np.where(finite, array, np.nan)))
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+        return Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open `path` as an 8-bit RGB image with EXIF orientation applied; raise `ImageError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as handle:
+            handle.load()
+            image = ImageOps.exif_transpose(handle) or handle
+            image = to_rgb(image)
+    except ImageError as error:
+        raise ImageError(f"{path}: {error}") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageError(f"cannot read image {path}: {type(error).__name__}: {error}") from error
+    if min(image.size) < 1:
+        raise ImageError(f"image {path} is empty ({image.size[0]}x{image.size[1]})")
+    return image
+
+
+def as_pil(image: Image.Image | np.ndarray | torch.Tensor | str | Path) -> Image.Image:
+    """Accept a PIL image, a path, an (H, W[, C]) uint8/float array or a (C, H, W) tensor in [0, 1] or [0, 255]."""
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
+            raise ImageError(f"tensor images must be (C, H, W) with C in 1/3/4, got {tuple(image.shape)}")
+        image = image.detach().float().cpu().permute(1, 2, 0).numpy()  # (H, W, C)
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        if array.ndim not in (2, 3):
+            raise ImageError(f"array images must be (H, W) or (H, W, C), got shape {array.shape}")
+        if not np.isfinite(array).all():
+            raise ImageError("image array holds NaN or infinite values")
+        if array.dtype != np.uint8:
+            array = array.astype(np.float64)
+            array = array * 255.0 if array.max(initial=0.0) <= 1.0 else array
+            array = np.clip(array, 0, 255).round().astype(np.uint8)
+        mode = {2: "L", 3: "RGB"}[array.ndim] if array.ndim == 2 or array.shape[-1] == 3 else "RGBA"
+        return to_rgb(Image.fromarray(array, mode=mode))
+    raise ImageError(f"unsupported image type {type(image).__name__}")

@@ -1,0 +1,72 @@
+"""Batched k-means in torch: many independent problems, many restarts, one set of tensor ops (GPU friendly).
+
+k-means++ seeding (probabilities proportional to squared distance, as scikit-learn's), Lloyd iterations until
+the centroids stop moving, the restart with the lowest inertia wins. An empty cluster keeps its centroid.
+Deterministic for a seed: random draws come from a CPU generator, whatever the data's device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["KMeansResult", "kmeans"]
+
+
+@dataclass
+class KMeansResult:
+    labels: torch.Tensor  # (B, M) cluster index of each point
+    centroids: torch.Tensor  # (B, k, D)
+    inertia: torch.Tensor  # (B,) sum of squared distances to the assigned centroid
+
+
+def _sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """(P, M, D), (P, k, D) -> (P, M, k) squared Euclidean distances, clamped at 0."""
+    d = (x * x).sum(-1, keepdim=True) - 2 * x @ c.transpose(1, 2) + (c * c).sum(-1).unsqueeze(1)
+    return d.clamp_min_(0)
+
+
+def kmeans(x: torch.Tensor, k: int, restarts: int = 10, max_iter: int = 100, tol: float = 1e-8,
+           seed: int = 0) -> KMeansResult:
+    """Cluster each of B point sets x (B, M, D) into k clusters."""
+    if x.ndim != 3:
+        raise ValueError(f"kmeans expects (B, M, D) points, got {tuple(x.shape)}")
+    batch, points, dim = x.shape
+    if not 1 <= k <= points:
+        raise ValueError(f"k={k} must be between 1 and the number of points {points}")
+    if not torch.isfinite(x).all():
+        raise ValueError("kmeans got NaN or infinite values")
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    problems = batch * restarts
+    xr = x.float().unsqueeze(1).expand(batch, restarts, points, dim).reshape(problems, points, dim)  # (P, M, D)
+    rows = torch.arange(problems, device=x.device)
+
+    centroids = torch.empty(problems, k, dim, device=x.device)
+    first = torch.randint(points, (problems,), generator=generator).to(x.device)
+    centroids[:, 0] = xr[rows, first]
+    closest = _sq_dist(xr, centroids[:, :1]).squeeze(-1)  # (P, M)
+    for c in range(1, k):
+        total = closest.sum(-1, keepdim=True)
+        probs = torch.where(total > 0, closest / total.clamp_min(1e-30), torch.full_like(closest, 1.0 / points))
+        pick = torch.multinomial(probs.cpu().double(), 1, generator=generator).squeeze(1).to(x.device)
+        centroids[:, c] = xr[rows, pick]
+        closest = torch.minimum(closest, _sq_dist(xr, centroids[:, c : c + 1]).squeeze(-1))
+
+    for _ in range(max_iter):
+        labels = _sq_dist(xr, centroids).argmin(-1)  # (P, M)
+        onehot = F.one_hot(labels, k).float()  # (P, M, k)
+        counts = onehot.sum(1).unsqueeze(-1)  # (P, k, 1)
+        sums = onehot.transpose(1, 2) @ xr  # (P, k, D)
+        updated = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+        shift = (updated - centroids).pow(2).sum((-1, -2))  # (P,)
+        centroids = updated
+        if bool((shift <= tol).all()):
+            break
+    distances = _sq_dist(xr, centroids)  # (P, M, k)
+    best_distance, labels = distances.min(-1)  # (P, M)
+    inertia = best_distance.sum(-1).view(batch, restarts)
+    winner = inertia.argmin(-1)  # (B,)  first restart on ties
+    pick = torch.arange(batch, device=x.device) * restarts + winner
+    return KMeansResult(labels=labels[pick], centroids=centroids[pick], inertia=inertia.gather(1, winner[:, None])[:, 0])

@@ -1,0 +1,165 @@
+"""Object-DINO (arXiv 2603.26127): object-centric heads found by clustering ALL layers' heads.
+
+For L layers x H heads and the N patch tokens of each image ([CLS] and registers dropped):
+
+1. for each head and facet f in `facets` (q, k, v): tokens L2-normalised, S_f = x x^T (N, N) cosine,
+   P_f = row_softmax(S_f / sqrt(d));
+2. head descriptor = column mean of P = mean_f P_f: an N-vector (attention each patch receives);
+3. per image, standardise each of the N dimensions across the L*H heads (population std, zero-variance
+   dimensions left unscaled, as scikit-learn's StandardScaler) and k-means them (restarts, fixed seed);
+4. object cluster = the cluster holding the most final-layer heads (lowest cluster index on ties);
+5. maps: mean descriptor over the selected heads (final layer only, as the released MLLM scripts, or all
+   layers), on the (h, w) grid, min-max normalised to m; object score 1 - m, zeroed below `threshold`;
+6. discovery: patch j's feature = row j of S_bar = mean_f S_f, concatenated over the selected heads of all
+   layers; TokenCut runs on the cosine affinity of these features (tau = -0.35).
+
+Column means of row-softmaxed similarities are computed in chunks of heads, so the (L*H, N, N) stack is never
+held at once; the discovery affinity is accumulated as sum_h S_bar_h S_bar_h^T, never concatenating features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .backbone import TowerOutput
+from .kmeans import kmeans
+from .regions import upsample_maps
+
+__all__ = ["ObjectDINOConfig", "ObjectDINOOutput", "ObjectDINO", "head_descriptors", "standardise"]
+
+
+@dataclass
+class ObjectDINOConfig:
+    k: int = 5
+    restarts: int = 10
+    seed: int = 0
+    max_iter: int = 100
+    facets: tuple[str, ...] = ("q", "k", "v")
+    map_layers: Literal["final", "all"] = "final"
+    threshold: float = 0.6
+    chunk_elements: int = 1 << 26  # similarity entries per chunk (bounds peak memory)
+    tokencut_tau: float = -0.35
+    tokencut_eps: float = 1e-5
+
+    def __post_init__(self):
+        self.facets = tuple(self.facets)
+        if not self.facets or set(self.facets) - {"q", "k", "v"}:
+            raise ValueError(f"facets must be a non-empty subset of q, k, v; got {self.facets}")
+        if self.k < 1 or self.restarts < 1:
+            raise ValueError(f"k and restarts must be >= 1 (got k={self.k}, restarts={self.restarts})")
+
+
+@dataclass
+class ObjectDINOOutput:
+    """Per image: head clustering and the object map on the patch grid."""
+
+    descriptors: torch.Tensor  # (B, L*H, N) column means of facet-averaged softmaxed similarities
+    labels: torch.Tensor  # (B, L, H) cluster of each head
+    object_cluster: torch.Tensor  # (B,)
+    selected: torch.Tensor  # (B, L, H) bool: heads in the object cluster
+    maps: torch.Tensor  # (B, h, w) object scores in [0, 1], zero below threshold
+    raw_maps: torch.Tensor  # (B, h, w) min-max normalised column means m (before 1 - m and threshold)
+    degenerate: torch.Tensor  # (B,) bool: flat descriptor map (e.g. a uniform image); map is all zeros
+
+
+def _facet_patches(out: TowerOutput, facet: str) -> torch.Tensor:
+    x = out.patches(getattr(out, facet)).float()  # (L, B, H, N, d)
+    x = F.normalize(x, dim=-1)
+    layers, batch, heads, tokens, dim = x.shape
+    return x.permute(1, 0, 2, 3, 4).reshape(batch, layers * heads, tokens, dim)  # (B, L*H, N, d)
+
+
+def _chunks(total: int, per_item: int, budget: int) -> list[slice]:
+    step = max(1, budget // max(per_item, 1))
+    return [slice(i, min(i + step, total)) for i in range(0, total, step)]
+
+
+def head_descriptors(out: TowerOutput, facets=("q", "k", "v"), chunk_elements: int = 1 << 26) -> torch.Tensor:
+    """(B, L*H, N): column mean of mean_f row_softmax(cos_f / sqrt(d)), chunked over heads."""
+    xs = [_facet_patches(out, f) for f in facets]
+    batch, heads, tokens, dim = xs[0].shape
+    result = torch.zeros(batch, heads, tokens, device=xs[0].device)
+    for part in _chunks(heads, batch * tokens * tokens, chunk_elements):
+        for x in xs:
+            chunk = x[:, part]  # (B, c, N, d)
+            probs = torch.softmax(chunk @ chunk.transpose(-1, -2) / dim**0.5, dim=-1)  # (B, c, N, N)
+            result[:, part] += probs.mean(dim=-2)  # (B, c, N)
+    return result / len(xs)
+
+
+def standardise(x: torch.Tensor) -> torch.Tensor:
+    """(B, M, D): zero mean, unit population std per dimension across M; zero-variance dims only centred."""
+    centred = x - x.mean(dim=1, keepdim=True)
+    std = centred.pow(2).mean(dim=1, keepdim=True).sqrt()
+    return centred / torch.where(std > 1e-12, std, torch.ones_like(std))
+
+
+class ObjectDINO:
+    """Training-free object maps and discovery features from a `TowerOutput`."""
+
+    def __init__(self, config: ObjectDINOConfig | None = None, **overrides):
+        self.config = config if config is not None else ObjectDINOConfig(**overrides)
+
+    def __call__(self, out: TowerOutput) -> ObjectDINOOutput:
+        return self.analyse(out)
+
+    def analyse(self, out: TowerOutput) -> ObjectDINOOutput:
+        cfg = self.config
+        layers, batch, heads = out.q.shape[:3]
+        h, w = out.grid
+        descriptors = head_descriptors(out, cfg.facets, cfg.chunk_elements)  # (B, L*H, N)
+        if cfg.k > layers * heads:
+            raise ValueError(f"k={cfg.k} exceeds the number of heads {layers}x{heads}")
+        result = kmeans(standardise(descriptors), cfg.k, cfg.restarts, cfg.max_iter, seed=cfg.seed)
+        labels = result.labels.view(batch, layers, heads)  # (B, L, H)
+        final_counts = F.one_hot(labels[:, -1], cfg.k).sum(1)  # (B, k)
+        object_cluster = final_counts.argmax(-1)  # (B,)
+        if bool((final_counts.max(-1).values == 0).any()):
+            raise RuntimeError("no cluster holds a final-layer head")
+        selected = labels == object_cluster[:, None, None]  # (B, L, H)
+        chosen = selected.clone()
+        if cfg.map_layers == "final":
+            chosen[:, :-1] = False
+        weights = chosen.view(batch, layers * heads, 1).float()  # (B, L*H, 1)
+        column_mean = (descriptors * weights).sum(1) / weights.sum(1)  # (B, N)
+        low, high = column_mean.amin(-1, keepdim=True), column_mean.amax(-1, keepdim=True)
+        spread = high - low
+        degenerate = spread[:, 0] <= 1e-12 * high[:, 0].abs().clamp_min(1e-12)
+        m = torch.where(spread > 0, (column_mean - low) / spread.clamp_min(1e-30), torch.ones_like(column_mean))
+        score = 1.0 - m
+        maps = torch.where(score >= cfg.threshold, score, torch.zeros_like(score))
+        maps[degenerate] = 0.0
+        return ObjectDINOOutput(
+            descriptors=descriptors, labels=labels, object_cluster=object_cluster, selected=selected,
+            maps=maps.view(batch, h, w), raw_maps=m.view(batch, h, w), degenerate=degenerate,
+        )
+
+    def object_maps(self, out: TowerOutput, upsample: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        """(B, h, w) maps in [0, 1]; with upsample=True a list of (H, W) maps over each original image."""
+        maps = self.analyse(out).maps
+        return upsample_maps(maps, out.patch_scale, out.image_sizes) if upsample else maps
+
+    def discovery_affinity(self, out: TowerOutput, selected: torch.Tensor) -> torch.Tensor:
+        """(B, N, N) cosine affinity of the concatenated S_bar rows over each image's selected heads."""
+        xs = [_facet_patches(out, f) for f in self.config.facets]  # each (B, L*H, N, d)
+        batch, heads, tokens, _ = xs[0].shape
+        flat = selected.view(batch, heads)
+        affinity = torch.zeros(batch, tokens, tokens, device=xs[0].device)
+        for b in range(batch):
+            index = flat[b].nonzero().squeeze(1)
+            for part in _chunks(len(index), tokens * tokens, self.config.chunk_elements):
+                picked = [x[b, index[part]] for x in xs]  # each (c, N, d)
+                s_bar = sum(p @ p.transpose(-1, -2) for p in picked) / len(picked)  # (c, N, N)
+                affinity[b] += torch.einsum("cij,ckj->ik", s_bar, s_bar)
+        norms = affinity.diagonal(dim1=-2, dim2=-1).clamp_min(1e-12).sqrt()  # (B, N)
+        return affinity / (norms[:, :, None] * norms[:, None, :])
+
+    def discover(self, out: TowerOutput):
+        """One box per image: TokenCut (tau = -0.35) on Object-DINO discovery features. See `grounding.discovery`."""
+        from .discovery import discover
+
+        return discover("object-dino", out, object_dino=self)

@@ -1,0 +1,1 @@
+"""Lightning fine-tuning of grounded region tokens (LoRA via peft)."""
