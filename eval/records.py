@@ -79,7 +79,8 @@ def _plain(value: Any) -> Any:
 
 
 def run_metadata(config: dict) -> dict:
-    return {"config": {k: _plain(v) for k, v in config.items()}, "versions": package_versions(),
+    plain = {k: _plain(v) for k, v in config.items() if not callable(v)}
+    return {"config": plain, "versions": package_versions(),
             "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 

@@ -64,9 +64,9 @@ def kmeans(x: torch.Tensor, k: int, restarts: int = 10, max_iter: int = 100, tol
         centroids = updated
         if bool((shift <= tol).all()):
             break
-    distances = _sq_dist(xr, centroids)  # (P, M, k)
-    best_distance, labels = distances.min(-1)  # (P, M)
-    inertia = best_distance.sum(-1).view(batch, restarts)
+    labels = _sq_dist(xr, centroids).argmin(-1)  # (P, M)
+    assigned = centroids.gather(1, labels[..., None].expand(-1, -1, dim))  # (P, M, D)
+    inertia = (xr - assigned).pow(2).sum((-1, -2)).view(batch, restarts)  # exact, no expansion cancellation
     winner = inertia.argmin(-1)  # (B,)  first restart on ties
     pick = torch.arange(batch, device=x.device) * restarts + winner
     return KMeansResult(labels=labels[pick], centroids=centroids[pick], inertia=inertia.gather(1, winner[:, None])[:, 0])
