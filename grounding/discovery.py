@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
 from .backbone import TowerOutput
 from .regions import boxes_to_pixels, connected_components, mask_to_box
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DiscoveryOutput", "DISCOVERY_METHODS", "discover", "lost", "tokencut", "dinoseg", "register_method"]
 
@@ -58,6 +62,9 @@ def lost(keys: torch.Tensor, grid: tuple[int, int], k_patches: int = 100) -> Pat
 def tokencut(affinity: torch.Tensor, grid: tuple[int, int], tau: float = 0.2, eps: float = 1e-5) -> PatchBox:
     """Normalised cut on a (N, N) cosine affinity: binary graph, 2nd smallest generalised eigenvector."""
     graph = torch.where(affinity.double() > tau, 1.0, eps).to(torch.float64)  # (N, N)
+    if bool((graph == 1.0).all()):
+        log.warning("TokenCut graph is complete (every affinity > tau=%.2f, min %.2f): the cut is arbitrary; "
+                    "try a higher tau", tau, float(affinity.min()))
     degree = graph.sum(-1)  # (N,)
     inv_sqrt = degree.rsqrt()
     laplacian = inv_sqrt[:, None] * (torch.diag(degree) - graph) * inv_sqrt[None, :]
