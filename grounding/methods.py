@@ -1,0 +1,69 @@
+"""Registry of grounding methods by name: what the eval runner and the CLI look up.
+
+A method is built as `factory(tower, processor, **options)` and answers
+`method.generate(model, images, prompts, **generate_kwargs) -> list[str]`. Register new ones with
+`@register_method("name")`; the runner needs no change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .guidance import ObjectGuidance, encode_chat
+from .images import as_pil
+
+__all__ = ["METHODS", "register_method", "build_method", "Baseline", "needs_tower"]
+
+METHODS: dict[str, Callable] = {}
+_NEEDS_TOWER: set[str] = set()
+
+
+def register_method(name: str, needs_tower: bool = False):
+    def decorator(factory):
+        METHODS[name] = factory
+        if needs_tower:
+            _NEEDS_TOWER.add(name)
+        return factory
+
+    return decorator
+
+
+def needs_tower(name: str) -> bool:
+    return name in _NEEDS_TOWER
+
+
+def build_method(name: str, tower=None, processor=None, **options):
+    if name not in METHODS:
+        raise KeyError(f"unknown grounding method {name!r}; choose from {sorted(METHODS)}")
+    return METHODS[name](tower, processor, **options)
+
+
+@register_method("baseline")
+class Baseline:
+    """Plain `model.generate` with the same chat prompt building and left padding as the guided methods."""
+
+    def __init__(self, tower=None, processor=None, **_):
+        self.processor = processor
+
+    @torch.no_grad()
+    def generate(self, model, images: Sequence, prompts: Sequence[str], **generate_kwargs) -> list[str]:
+        inputs = encode_chat(self.processor, [as_pil(i) for i in images], prompts, model.device, model.dtype)
+        output = model.generate(**inputs, **generate_kwargs)
+        return self.processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@register_method("highlight", needs_tower=True)
+def _highlight(tower, processor, **options):
+    return ObjectGuidance(tower, processor, mode="highlight", **options)
+
+
+@register_method("masked-contrast", needs_tower=True)
+def _masked_contrast(tower, processor, **options):
+    return ObjectGuidance(tower, processor, mode="masked-contrast", **options)
+
+
+@register_method("vcd")
+def _vcd(tower, processor, **options):
+    return ObjectGuidance(tower, processor, mode="vcd", **options)
