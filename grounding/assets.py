@@ -220,13 +220,21 @@ def build_llava(directory: Path) -> dict:
                                         do_convert_rgb=True)
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=tokenizer.chat_template)
+                               chat_template=_CHATML_WITH_IMAGES)
     staging = directory.with_name(directory.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
     return _finish(directory, staging, {"vision": str(vit_dir), "language": str(lm_dir), "projector": "random, seed 0"})
 
+
+# SmolLM2's ChatML turns, with content given as parts ({"type": "image"} / {"type": "text"}) as processors expect
+_CHATML_WITH_IMAGES = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 RECIPES: dict[str, Callable[[Path], dict]] = {VIT: build_vit, LM: build_lm, LLAVA: build_llava}
 

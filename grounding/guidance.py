@@ -13,10 +13,15 @@ Modes (`GuidanceConfig.mode`):
   z = (1 + a) z(v) - a z(v'), restricted to tokens with p(v) >= beta * max p(v) (VCD's plausibility cut).
 * "vcd": the same contrast with v' = diffusion-noised pixels (the usual rival).
 
-Why a separate branch rather than one forward of batch 2B: generate() owns the original branch's forward, so a
-2B batch would mean replacing generate()'s decoding loop (losing every generate option: sampling, stopping
-criteria, streamers). The separate branch keeps generate() intact; its cost is one extra forward per step with
-its own KV cache, i.e. about twice the decode FLOPs of plain greedy.
+Two ways to run the second branch (`GuidanceConfig.branches`):
+* "separate": a `BranchLogitsProcessor` with its own cache; one extra forward per step. Works for greedy and
+  sampling, any batch.
+* "joint" (greedy only): the B original rows and the B branch rows go through generate() as ONE batch of 2B;
+  a `PairedMixLogitsProcessor` writes the same mixed logits into row i and row i + B, so both take the same
+  greedy token and stay in step. At small batch decoding is bound by reading the weights, so one 2B forward
+  costs far less than two B forwards. Sampling draws rows independently, so it cannot use this.
+* "auto" (default): joint for greedy, separate for sampling.
+`benchmarks/guidance.py` measures both.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from .images import as_pil
 from .object_dino import ObjectDINO, ObjectDINOConfig
 from .regions import upsample_maps
 
-__all__ = ["GuidanceConfig", "BranchLogitsProcessor", "ObjectGuidance", "highlight_mix", "contrastive_mix",
+__all__ = ["GuidanceConfig", "BranchLogitsProcessor", "PairedMixLogitsProcessor", "ObjectGuidance", "highlight_mix",
+           "contrastive_mix",
            "positions_from_mask", "encode_chat"]
 
 QUESTION_TEMPLATES = ("Answer this question based on the image: {prompt}",
@@ -117,6 +123,21 @@ class BranchLogitsProcessor(LogitsProcessor):
         self.branch = {}
 
 
+class PairedMixLogitsProcessor(LogitsProcessor):
+    """For a 2B batch [original rows; branch rows]: mix row i with row i + B and give both the result."""
+
+    def __init__(self, mix: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        self.mix = mix
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape[0] % 2:
+            raise ValueError(f"joint guidance needs 2B rows, got {scores.shape[0]}: beam search and "
+                             "num_return_sequences > 1 are not supported")
+        original, branch = scores.chunk(2, dim=0)
+        mixed = self.mix(original, branch)
+        return torch.cat([mixed, mixed], dim=0)
+
+
 @dataclass
 class GuidanceConfig:
     mode: Literal["highlight", "masked-contrast", "vcd"] = "highlight"
@@ -129,6 +150,7 @@ class GuidanceConfig:
     noise_step: int = 500
     seed: int = 0
     cache_size: int = 256  # object maps kept per guide (the tower runs once per image)
+    branches: Literal["auto", "separate", "joint"] = "auto"
     object_dino: ObjectDINOConfig = field(default_factory=ObjectDINOConfig)
 
     def __post_init__(self):
@@ -140,6 +162,8 @@ class GuidanceConfig:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if not 0.0 < self.beta <= 1.0:
             raise ValueError(f"beta must be in (0, 1], got {self.beta}")
+        if self.branches not in ("auto", "separate", "joint"):
+            raise ValueError(f"branches must be auto, separate or joint, got {self.branches!r}")
 
 
 def _image_key(image: Image.Image) -> str:
@@ -194,17 +218,24 @@ class ObjectGuidance:
             return jet_overlay(image, object_map) if cfg.task == "caption" else red_tint(image, object_map, cfg.map_threshold)
         return remove_objects(image, object_map, cfg.map_threshold, cfg.fill)
 
-    def prepare(self, model, images: Sequence, prompts: Sequence[str]) -> dict:
-        """Main-branch inputs for `model.generate(**inputs, logits_processor=guide.logits_processors(inputs))`."""
+    def _both(self, images: Sequence, prompts: Sequence[str]) -> tuple[list, list[str], list, list[str]]:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images vs {len(prompts)} prompts")
         pils = [as_pil(image) for image in images]
-        device, dtype = model.device, model.dtype
         original_texts, branch_texts = self._texts(prompts)
-        inputs = self._encode(pils, original_texts, device, dtype)
-        branch = self._encode([self._branch_image(im) for im in pils], branch_texts, device, dtype)
+        return pils, original_texts, [self._branch_image(im) for im in pils], branch_texts
+
+    def _noise(self, encoded: dict, rows: slice = slice(None)) -> None:
         if self.config.mode == "vcd":
-            branch["pixel_values"] = diffusion_noise(branch["pixel_values"], self.config.noise_step, seed=self.config.seed)
+            encoded["pixel_values"][rows] = diffusion_noise(encoded["pixel_values"][rows], self.config.noise_step,
+                                                            seed=self.config.seed)
+
+    def prepare(self, model, images: Sequence, prompts: Sequence[str]) -> dict:
+        """Main-branch inputs for `model.generate(**inputs, logits_processor=guide.logits_processors(inputs))`."""
+        pils, original_texts, branch_images, branch_texts = self._both(images, prompts)
+        inputs = self._encode(pils, original_texts, model.device, model.dtype)
+        branch = self._encode(branch_images, branch_texts, model.device, model.dtype)
+        self._noise(branch)
         self._pending[id(inputs["input_ids"])] = (branch, weakref.ref(model))
         return inputs
 
@@ -225,6 +256,11 @@ class ObjectGuidance:
     @torch.no_grad()
     def generate(self, model, images: Sequence, prompts: Sequence[str], **generate_kwargs) -> list[str]:
         """Guided answers, batched (left padding); extra kwargs go to `model.generate`."""
+        sampling = bool(generate_kwargs.get("do_sample", model.generation_config.do_sample))
+        if self.config.branches == "joint" and sampling:
+            raise ValueError("joint branches need greedy decoding; use branches='separate' (or 'auto') to sample")
+        if self.config.branches == "joint" or (self.config.branches == "auto" and not sampling):
+            return self._generate_joint(model, images, prompts, **generate_kwargs)
         inputs = self.prepare(model, images, prompts)
         processors = self.logits_processors(inputs)
         try:
@@ -234,3 +270,12 @@ class ObjectGuidance:
                 processor.release()
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+
+    def _generate_joint(self, model, images: Sequence, prompts: Sequence[str], **generate_kwargs) -> list[str]:
+        pils, original_texts, branch_images, branch_texts = self._both(images, prompts)
+        batch = len(pils)
+        inputs = self._encode(pils + branch_images, original_texts + branch_texts, model.device, model.dtype)
+        self._noise(inputs, slice(batch, None))
+        processors = LogitsProcessorList([PairedMixLogitsProcessor(self.mix())])
+        output = model.generate(**inputs, logits_processor=processors, **generate_kwargs)
+        return self.processor.batch_decode(output[:batch, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -74,3 +74,23 @@ def test_demo_on_three_photos(built, tmp_path, capsys):
     assert "| method | CorLoc |" in table and all(f"| {m} |" in table for m in METHODS)
     assert (tmp_path / "report.md").exists() and (tmp_path / "token_norms.png").exists()
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 3
+
+
+@needs
+def test_real_weights_llava_smoke_guidance(built):
+    """Real towers, untrained projector: checks the plumbing only (no hallucination effect can show)."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from eval.demo import photos_dir
+    from grounding import RegisterViT
+    from grounding.methods import build_method
+
+    model = LlavaForConditionalGeneration.from_pretrained(built[assets.LLAVA]).eval()
+    processor = AutoProcessor.from_pretrained(built[assets.LLAVA])
+    tower = RegisterViT.from_pretrained(str(built[assets.VIT]))
+    images = [photos_dir() / "dog.jpg", photos_dir() / "chelsea.png"]
+    questions = ["Is there a dog in the image?", "Is there a cat in the image?"]
+    for name in ("baseline", "highlight", "masked-contrast"):
+        answers = build_method(name, tower, processor).generate(model, images, questions, max_new_tokens=4,
+                                                               do_sample=False)
+        assert len(answers) == 2 and all(isinstance(a, str) for a in answers)

@@ -28,17 +28,18 @@ QUESTIONS = ["is there a dog in the image ?", "is there a red bus ?"]
 OD = {"k": 2, "restarts": 2}  # the tiny tower has 2 layers x 2 heads
 
 
+@pytest.mark.parametrize("branches", ["separate", "joint"])
 @pytest.mark.parametrize("make", [make_tiny_llava, make_tiny_llava_next])
-def test_guidance_off_equals_plain_generate(make, tower):
+def test_guidance_off_equals_plain_generate(make, branches, tower):
     model, processor = make()
     images = photos()
-    highlight = ObjectGuidance(tower, processor, mode="highlight", alpha=1.0, object_dino=OD)
+    highlight = ObjectGuidance(tower, processor, mode="highlight", alpha=1.0, object_dino=OD, branches=branches)
     templated = [f"Answer this question based on the image: {q}" for q in QUESTIONS]
     plain_inputs = encode_chat(processor, images, templated, model.device, model.dtype)
     plain = model.generate(**plain_inputs, max_new_tokens=6, do_sample=False)
     guided = highlight.generate(model, images, QUESTIONS, max_new_tokens=6, do_sample=False)
     assert guided == processor.batch_decode(plain[:, plain_inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    contrast = ObjectGuidance(tower, processor, mode="masked-contrast", contrast=0.0, object_dino=OD)
+    contrast = ObjectGuidance(tower, processor, mode="masked-contrast", contrast=0.0, object_dino=OD, branches=branches)
     baseline = build_method("baseline", processor=processor).generate(model, images, QUESTIONS, max_new_tokens=6)
     assert contrast.generate(model, images, QUESTIONS, max_new_tokens=6, do_sample=False) == baseline
 
@@ -136,3 +137,18 @@ def test_caches_freed_and_masks_cached(tower):
     with pytest.raises(ValueError, match="beam"):
         inputs = guide.prepare(model, images, QUESTIONS)
         model.generate(**inputs, logits_processor=guide.logits_processors(inputs), num_beams=2, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("mode", ["highlight", "masked-contrast", "vcd"])
+def test_joint_branches_give_the_separate_branch_answers(mode, tower):
+    model, processor = make_tiny_llava()
+    images = photos(3)
+    prompts = QUESTIONS + ["please describe the image in detail ."]
+    answers = {}
+    for branches in ("separate", "joint"):
+        guide = ObjectGuidance(tower, processor, mode=mode, alpha=0.4, object_dino=OD, branches=branches)
+        answers[branches] = guide.generate(model, images, prompts, max_new_tokens=8, do_sample=False)
+    assert answers["joint"] == answers["separate"]
+    with pytest.raises(ValueError, match="greedy"):
+        ObjectGuidance(tower, processor, mode=mode, object_dino=OD, branches="joint").generate(
+            model, images, prompts, max_new_tokens=2, do_sample=True)
