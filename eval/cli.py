@@ -17,6 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .hallucination_cli import add_commands, resolve_config
+
 __all__ = ["main", "build_parser"]
 
 
@@ -142,19 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--pictures", action="store_true", help="also write masks and overlays")
     p.set_defaults(func=_cmd_corloc)
-    _add_hallucination_commands(evaluation)
+    add_commands(evaluation)
 
     p = commands.add_parser("fit", help="LightningCLI fine-tuning of region tokens", add_help=False)
     p.set_defaults(func=None)
     return parser
-
-
-def _add_hallucination_commands(evaluation) -> None:
-    try:
-        from .hallucination_cli import add_commands
-    except ImportError:  # built in a later module of this package
-        return
-    add_commands(evaluation)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return fit_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if getattr(args, "parser_obj", None) is not None:
+        flags = {a.split("=")[0] for a in argv if a.startswith("--")}
+        try:
+            args = resolve_config(args.parser_obj, args, flags)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"grounding {args.command}: error: {error}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
