@@ -69,6 +69,8 @@ def load_vlm(name: str, dtype: str, device: str):
     from huggingface_hub.errors import HFValidationError
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    local = Path(name).expanduser()
+    name = str(local) if local.is_dir() else name
     try:
         processor = AutoProcessor.from_pretrained(name)
         model = AutoModelForImageTextToText.from_pretrained(name, dtype=getattr(torch, dtype)).to(device).eval()

@@ -11,9 +11,10 @@ from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, Lla
 WORDS = """answer this question based on the image by looking at highlighted region please describe in detail
 regions is there a an dog cat person car chair cup in ? . , : yes no not it of and with on red blue small large
 two one man woman table pizza bus kite horse bird giraffe zebra sheep cow train boat bicycle truck""".split()
-CHAT_TEMPLATE = ("{% for message in messages %}USER: {% for part in message['content'] %}{% if part['type'] == 'image' %}"
-                 "<image> {% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endfor %}"
-                 "{% if add_generation_prompt %} ASSISTANT:{% endif %}")
+CHAT_TEMPLATE = ("{% for message in messages %}{% if message['role'] == 'user' %}USER: {% for part in message['content'] %}"
+                 "{% if part['type'] == 'image' %}<image> {% else %}{{ part['text'] }}{% endif %}{% endfor %}"
+                 "{% else %} ASSISTANT: {% for part in message['content'] %}{{ part['text'] }}{% endfor %} </s> "
+                 "{% endif %}{% endfor %}{% if add_generation_prompt %} ASSISTANT:{% endif %}")
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "USER:", "ASSISTANT:"]
 
 

@@ -1,0 +1,118 @@
+"""LightningModule: a Hugging Face LLaVA-style VLM with region tokens attached and LoRA on its language model.
+
+* LoRA (peft) targets the language model only: a regex anchored on `language_model` (both towers also name
+  layers q_proj/k_proj/v_proj); the region projector is in `modules_to_save`. Everything else is frozen.
+* Loss = the model's own causal-LM loss on `labels` (-100 everywhere but answer tokens; see the data module).
+* Checkpoints keep only trainable weights (LoRA + projector); optimizer and loop state come from Lightning, so
+  `ckpt_path=` resumes exactly (the data module's sampler resumes mid-epoch).
+* `on_train_end` exports the adapter: peft's `adapter_model.safetensors` + the RegionGrounding projector/config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from grounding.region_tokens import RegionConfig, RegionGrounding
+
+__all__ = ["RegionTokensModule", "LORA_TARGETS"]
+
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+class RegionTokensModule(L.LightningModule):
+    def __init__(
+        self,
+        vlm: str,
+        regions: RegionConfig | None = None,
+        lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.05,
+        learning_rate: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        export_dir: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.regions_config = regions or RegionConfig()
+        self.strict_loading = False  # checkpoints hold only the trainable weights
+        self.model = None
+        self.processor = None
+        self.grounding: RegionGrounding | None = None
+        self.handle = None
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        from peft import LoraConfig, get_peft_model
+
+        from eval.runner import load_vlm
+
+        model, processor = load_vlm(self.hparams.vlm, "float32", "cpu")
+        self.processor = processor
+        self.grounding = RegionGrounding(self.regions_config)
+        self.grounding.load_tower("cpu")
+        self.grounding.tower.requires_grad_(False)
+        self.handle = self.grounding.attach(model, processor)
+        lora = LoraConfig(r=self.hparams.lora_r, lora_alpha=self.hparams.lora_alpha,
+                          lora_dropout=self.hparams.lora_dropout, target_modules=LORA_TARGETS,
+                          modules_to_save=["region_projector"] if self.regions_config.num_regions else None)
+        self.model = get_peft_model(model, lora)
+        self.model.train()  # load_vlm returns eval mode; the frozen tower stays in eval mode
+        self.grounding.tower.eval()
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        stray = [n for n in trainable if "lora_" not in n and "region_projector" not in n]
+        if stray:
+            raise RuntimeError(f"unexpected trainable parameters: {stray[:5]}")
+
+    def on_fit_start(self) -> None:
+        self.grounding.tower.to(self.device)
+
+    def forward(self, **batch):
+        return self.model(**batch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        if not self.hparams.warmup_steps:
+            return optimizer
+        warmup = self.hparams.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------ trainable-only checkpoints
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = self.trainable_state_dict()
+
+    # ------------------------------------------------------------ export
+    def export(self, directory: str | Path) -> Path:
+        """peft adapter (LoRA + projector copy) and the RegionGrounding adapter (projector + config), safetensors."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory / "lora", safe_serialization=True)
+        if self.regions_config.num_regions:
+            wrapper = self.model.base_model.model.get_submodule("region_projector")
+            copies = getattr(wrapper, "modules_to_save", None)  # peft's trained copy of the projector
+            projector = copies[self.model.active_adapter] if copies is not None else wrapper
+            self.grounding.save_pretrained(directory, projector=projector)
+        return directory
+
+    def on_train_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            self.export(self.hparams.export_dir)

@@ -1,0 +1,133 @@
+"""Region tokens on a tiny random LLaVA: exactness when off, token placement, generate(), save/load, detach."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from grounding import RegisterViT
+from grounding.injection import image_feature_owner
+from grounding.region_tokens import RegionConfig, RegionGrounding
+from tiny_vlm import make_tiny_llava
+
+OD = {"k": 2, "restarts": 2}
+
+
+@pytest.fixture(scope="module")
+def tower(tiny_reg_dir):
+    return RegisterViT.from_pretrained(tiny_reg_dir, preprocess={"short_side": 32})
+
+
+def prompt(processor, question="is there a dog ?"):
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def images():
+    rng = np.random.default_rng(0)
+    textured = Image.fromarray((rng.random((40, 60, 3)) * 255).astype(np.uint8))
+    flat = Image.new("RGB", (50, 50), (120, 120, 120))
+    return [textured, flat]
+
+
+def encode(processor, imgs):
+    return processor(images=imgs, text=[prompt(processor)] * len(imgs), return_tensors="pt", padding=True,
+                     padding_side="left")
+
+
+def test_k_zero_and_detach_give_the_stock_model_exactly(tower):
+    model, processor = make_tiny_llava()
+    imgs = images()
+    with torch.no_grad():
+        stock = model(**encode(processor, imgs)).logits
+    zero = RegionGrounding(RegionConfig(num_regions=0, object_dino=OD), tower=tower).attach(model, processor)
+    with torch.no_grad():
+        assert torch.equal(model(**encode(processor, imgs)).logits, stock)
+    zero.detach()
+    handle = RegionGrounding(RegionConfig(num_regions=3, object_dino=OD, projector_hidden=16), tower=tower).attach(
+        model, processor)
+    with torch.no_grad():
+        assert model(**encode(processor, imgs)).logits.shape[1] == stock.shape[1] + 3
+    handle.detach()
+    handle.detach()  # idempotent
+    assert "get_image_features" not in image_feature_owner(model).__dict__
+    assert processor.num_additional_image_tokens == 1 and not hasattr(model, "region_projector")
+    with torch.no_grad():
+        assert torch.equal(model(**encode(processor, imgs)).logits, stock)
+
+
+def test_region_tokens_follow_the_image_tokens(tower):
+    model, processor = make_tiny_llava()
+    k = 3
+    grounding = RegionGrounding(RegionConfig(num_regions=k, object_dino=OD, projector_hidden=16), tower=tower)
+    handle = grounding.attach(model, processor)
+    imgs = images()
+    inputs = encode(processor, imgs)
+    captured = {}
+    language_model = model.model.language_model
+    hook = language_model.register_forward_pre_hook(lambda m, a, kw: captured.update(kw), with_kwargs=True)
+    image_features = {}
+    original = model.model.get_image_features
+    with torch.no_grad():
+        vision_only = original.__wrapped__(pixel_values=inputs["pixel_values"],
+                                           vision_feature_layer=-1, vision_feature_select_strategy="default")
+        model(**inputs)
+    hook.remove()
+    embeds = captured["inputs_embeds"]  # (B, T, D)
+    image_token = model.config.image_token_id
+    from grounding.region_tokens import extract_regions
+    from grounding.injection import pixels_to_rgb
+
+    regions = extract_regions(tower, grounding.object_dino, pixels_to_rgb(
+        inputs["pixel_values"], processor.image_processor.image_mean, processor.image_processor.image_std), grounding.config)
+    counts = regions.valid.sum(1).tolist()
+    assert counts[0] != counts[1] and min(counts) < k  # different numbers of regions; some slots empty
+    with torch.no_grad():
+        expected_tokens = model.region_projector(regions.features, regions.boxes, regions.valid)  # (B, K, D)
+    for row in range(2):
+        positions = (inputs["input_ids"][row] == image_token).nonzero().squeeze(1)
+        n = vision_only.pooler_output[row].shape[0]
+        assert len(positions) == n + k and torch.equal(positions, torch.arange(positions[0], positions[0] + n + k))
+        torch.testing.assert_close(embeds[row, positions[:n]], vision_only.pooler_output[row])
+        torch.testing.assert_close(embeds[row, positions[n:]], expected_tokens[row])
+    empty_row = int(torch.tensor(counts).argmin())
+    positions = (inputs["input_ids"][empty_row] == image_token).nonzero().squeeze(1)
+    n = vision_only.pooler_output[empty_row].shape[0]
+    empty = ~regions.valid[empty_row]
+    torch.testing.assert_close(embeds[empty_row, positions[n:]][empty],
+                               model.region_projector.null.expand(int(empty.sum()), -1))
+    handle.detach()
+
+
+def test_generate_greedy_and_sampling_and_save_load(tower, tmp_path):
+    model, processor = make_tiny_llava()
+    grounding = RegionGrounding(RegionConfig(num_regions=2, object_dino=OD, projector_hidden=16), tower=tower)
+    handle = grounding.attach(model, processor)
+    inputs = encode(processor, images())
+    greedy = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    torch.manual_seed(0)
+    sampled = model.generate(**inputs, max_new_tokens=5, do_sample=True, temperature=0.9)
+    assert greedy.shape == sampled.shape == (2, inputs["input_ids"].shape[1] + 5)
+    with torch.no_grad():
+        before = model(**inputs).logits
+    grounding.save_pretrained(tmp_path)
+    handle.detach()
+    loaded = RegionGrounding.from_pretrained(tmp_path, tower=tower)
+    assert loaded.config.num_regions == 2 and (tmp_path / "region_projector.safetensors").exists()
+    with loaded.attach(model, processor):
+        with torch.no_grad():
+            torch.testing.assert_close(model(**encode(processor, images())).logits, before)
+    with pytest.raises(FileNotFoundError, match="region_grounding.json"):
+        RegionGrounding.from_pretrained(tmp_path / "nothing")
+
+
+def test_vlm_feature_source_and_double_attach(tower):
+    model, processor = make_tiny_llava()
+    grounding = RegionGrounding(RegionConfig(num_regions=2, feature_source="vlm", object_dino=OD, projector_hidden=16),
+                                tower=tower)
+    handle = grounding.attach(model, processor)
+    with torch.no_grad():
+        assert torch.isfinite(model(**encode(processor, images())).logits).all()
+    with pytest.raises(RuntimeError, match="already attached"):
+        grounding.attach(model, processor)
+    handle.detach()
