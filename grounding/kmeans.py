@@ -2,7 +2,9 @@
 
 k-means++ seeding (probabilities proportional to squared distance, as scikit-learn's), Lloyd iterations until
 the centroids stop moving, the restart with the lowest inertia wins. An empty cluster keeps its centroid.
-Deterministic for a seed: random draws come from a CPU generator, whatever the data's device.
+Deterministic for a seed and independent of the batch: restart r's draws are uniform numbers u[r, c] from a CPU
+generator, shared by every point set and turned into picks by inverse CDF, so a point set gets the same clusters
+alone or next to any others, on any device.
 """
 
 from __future__ import annotations
@@ -39,19 +41,23 @@ def kmeans(x: torch.Tensor, k: int, restarts: int = 10, max_iter: int = 100, tol
     if not torch.isfinite(x).all():
         raise ValueError("kmeans got NaN or infinite values")
     generator = torch.Generator(device="cpu").manual_seed(seed)
+    uniforms = torch.rand(restarts, k, generator=generator, dtype=torch.float64)  # (R, k), shared by all B
+    uniforms = uniforms.to(x.device).repeat(batch, 1)  # (P, k): row b * R + r uses restart r's numbers
     problems = batch * restarts
     xr = x.float().unsqueeze(1).expand(batch, restarts, points, dim).reshape(problems, points, dim)  # (P, M, D)
     rows = torch.arange(problems, device=x.device)
 
+    def draw(weights: torch.Tensor, c: int) -> torch.Tensor:  # (P, M) weights -> (P,) index by inverse CDF
+        cdf = weights.double().cumsum(-1)
+        total = cdf[:, -1:]
+        cdf = torch.where(total > 0, cdf / total.clamp_min(1e-300), torch.arange(1, points + 1, device=x.device) / points)
+        return (cdf <= uniforms[:, c : c + 1]).sum(-1).clamp_max(points - 1)
+
     centroids = torch.empty(problems, k, dim, device=x.device)
-    first = torch.randint(points, (problems,), generator=generator).to(x.device)
-    centroids[:, 0] = xr[rows, first]
+    centroids[:, 0] = xr[rows, draw(torch.ones(problems, points, device=x.device), 0)]
     closest = _sq_dist(xr, centroids[:, :1]).squeeze(-1)  # (P, M)
     for c in range(1, k):
-        total = closest.sum(-1, keepdim=True)
-        probs = torch.where(total > 0, closest / total.clamp_min(1e-30), torch.full_like(closest, 1.0 / points))
-        pick = torch.multinomial(probs.cpu().double(), 1, generator=generator).squeeze(1).to(x.device)
-        centroids[:, c] = xr[rows, pick]
+        centroids[:, c] = xr[rows, draw(closest, c)]
         closest = torch.minimum(closest, _sq_dist(xr, centroids[:, c : c + 1]).squeeze(-1))
 
     for _ in range(max_iter):

@@ -63,38 +63,42 @@ class RegionBatch:
     masks: torch.Tensor  # (B, K, h, w) bool on the tower's patch grid
 
 
-def extract_regions(tower, object_dino: ObjectDINO, images: torch.Tensor | list, config: RegionConfig) -> RegionBatch:
-    """Regions of each image (images: list of PIL, or (B, 3, H, W) RGB in [0, 1] from `pixels_to_rgb`)."""
-    k = config.num_regions
+def _tower_outputs(tower, images) -> list:
+    """Tower outputs for a (B, 3, H, W) RGB batch in [0, 1] (one batched forward) or a list of PIL images (one each)."""
     if isinstance(images, torch.Tensor):
-        images = [image for image in images]
-    features, boxes, valid, masks = [], [], [], []
-    for image in images:
-        if isinstance(image, torch.Tensor):
-            from PIL import Image
+        height, width = images.shape[-2:]
+        _, (h, w) = tower.input_geometry(height, width)
+        pixels = F.interpolate(images.float(), size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+        pixels = (pixels.clamp(0, 1).to(tower.mean.device) - tower.mean) / tower.std  # (B, 3, h, w)
+        return [tower(pixels)]
+    return [tower([image]) for image in images]
 
-            array = (image.clamp(0, 1).permute(1, 2, 0).float().cpu().numpy() * 255).round().astype("uint8")
-            image = Image.fromarray(array)
-        out = tower([image])
-        analysis = object_dino.analyse(out)
-        patch_tokens = out.patch_tokens()[0].float()  # (N, C)
+
+def extract_regions(tower, object_dino: ObjectDINO, images: torch.Tensor | list, config: RegionConfig) -> RegionBatch:
+    """Regions of each image: images are PIL images, or (B, 3, H, W) RGB in [0, 1] (e.g. from `pixels_to_rgb`)."""
+    k = config.num_regions
+    features, boxes, valid, masks = [], [], [], []
+    for out in _tower_outputs(tower, images):
+        maps = object_dino.analyse(out).maps  # (b, h, w)
+        tokens = out.patch_tokens().float()  # (b, N, C)
         h, w = out.grid
-        found = object_regions(analysis.maps[0], config.map_threshold, max_regions=k, min_area=config.min_area)
-        f = torch.zeros(k, patch_tokens.shape[-1], device=patch_tokens.device)
-        b = torch.zeros(k, 5, device=patch_tokens.device)
-        v = torch.zeros(k, dtype=torch.bool, device=patch_tokens.device)
-        m = torch.zeros(k, h, w, dtype=torch.bool, device=patch_tokens.device)
-        for slot, region in enumerate(found):
-            flat = region.mask.flatten().to(patch_tokens.device)
-            f[slot] = patch_tokens[flat].mean(0)
-            x0, y0, x1, y1 = region.box.tolist()
-            b[slot] = torch.tensor([x0 / w, y0 / h, x1 / w, y1 / h, region.area / (h * w)])
-            v[slot] = True
-            m[slot] = region.mask
-        features.append(f)
-        boxes.append(b)
-        valid.append(v)
-        masks.append(m)
+        for object_map, patch_tokens in zip(maps, tokens):
+            found = object_regions(object_map, config.map_threshold, max_regions=k, min_area=config.min_area)
+            f = torch.zeros(k, patch_tokens.shape[-1], device=patch_tokens.device)
+            b = torch.zeros(k, 5, device=patch_tokens.device)
+            v = torch.zeros(k, dtype=torch.bool, device=patch_tokens.device)
+            m = torch.zeros(k, h, w, dtype=torch.bool, device=patch_tokens.device)
+            for slot, region in enumerate(found):
+                flat = region.mask.flatten().to(patch_tokens.device)
+                f[slot] = patch_tokens[flat].mean(0)
+                x0, y0, x1, y1 = region.box.tolist()
+                b[slot] = torch.tensor([x0 / w, y0 / h, x1 / w, y1 / h, region.area / (h * w)])
+                v[slot] = True
+                m[slot] = region.mask
+            features.append(f)
+            boxes.append(b)
+            valid.append(v)
+            masks.append(m)
     return RegionBatch(torch.stack(features), torch.stack(boxes), torch.stack(valid), torch.stack(masks))
 
 

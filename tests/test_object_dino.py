@@ -62,6 +62,15 @@ def test_kmeans_recovers_separated_clusters_and_is_deterministic():
         kmeans(torch.full((1, 5, 2), float("nan")), k=2)
 
 
+def test_kmeans_result_does_not_depend_on_batch_mates():
+    g = torch.Generator().manual_seed(1)
+    sets = torch.randn(4, 30, 6, generator=g)
+    together = kmeans(sets, k=4, restarts=5, seed=3)
+    for b in range(4):
+        alone = kmeans(sets[b : b + 1], k=4, restarts=5, seed=3)
+        assert torch.equal(alone.labels[0], together.labels[b])
+
+
 def test_object_cluster_and_map_follow_the_rules(tower_out):
     od = ObjectDINO(k=3, restarts=5)
     result = od(tower_out)
