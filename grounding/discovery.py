@@ -28,6 +28,7 @@ class DiscoveryOutput:
     patch_boxes: torch.Tensor  # (B, 4) patch units, exclusive upper corner
     masks: torch.Tensor  # (B, h, w) bool: the region the box was taken from
     seeds: torch.Tensor  # (B,) seed patch (row-major index)
+    degenerate: torch.Tensor  # (B,) bool: TokenCut's graph was complete, so its cut (and box) is arbitrary
 
 
 @dataclass
@@ -35,6 +36,7 @@ class PatchBox:
     box: torch.Tensor  # (4,) patch units
     mask: torch.Tensor  # (h, w) bool
     seed: int
+    degenerate: bool = False
 
 
 def _component_of(mask: torch.Tensor, seed: int) -> torch.Tensor:
@@ -62,7 +64,8 @@ def lost(keys: torch.Tensor, grid: tuple[int, int], k_patches: int = 100) -> Pat
 def tokencut(affinity: torch.Tensor, grid: tuple[int, int], tau: float = 0.2, eps: float = 1e-5) -> PatchBox:
     """Normalised cut on a (N, N) cosine affinity: binary graph, 2nd smallest generalised eigenvector."""
     graph = torch.where(affinity.double() > tau, 1.0, eps).to(torch.float64)  # (N, N)
-    if bool((graph == 1.0).all()):
+    complete = bool((graph == 1.0).all())
+    if complete:
         log.warning("TokenCut graph is complete (every affinity > tau=%.2f, min %.2f): the cut is arbitrary; "
                     "try a higher tau", tau, float(affinity.min()))
     degree = graph.sum(-1)  # (N,)
@@ -75,7 +78,7 @@ def tokencut(affinity: torch.Tensor, grid: tuple[int, int], tau: float = 0.2, ep
     if not bool(partition[seed]):
         partition = ~partition
     mask = _component_of(partition.view(grid), seed)
-    return PatchBox(box=mask_to_box(mask), mask=mask, seed=seed)
+    return PatchBox(box=mask_to_box(mask), mask=mask, seed=seed, degenerate=complete)
 
 
 def dinoseg(cls_attention: torch.Tensor, grid: tuple[int, int], mass: float = 0.6) -> PatchBox:
@@ -150,4 +153,5 @@ def discover(method: str, out: TowerOutput, **options) -> DiscoveryOutput:
         patch_boxes=patch_boxes,
         masks=torch.stack([f.mask for f in found]).cpu(),
         seeds=torch.tensor([f.seed for f in found]),
+        degenerate=torch.tensor([f.degenerate for f in found]),
     )

@@ -71,7 +71,7 @@ def test_demo_on_three_photos(built, tmp_path, capsys):
             x0, y0, x1, y1 = record[method]["box"]
             assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
     table = capsys.readouterr().out
-    assert "| method | CorLoc |" in table and all(f"| {m} |" in table for m in METHODS)
+    assert "| method | CorLoc | complete TokenCut graphs |" in table and all(f"| {m} |" in table for m in METHODS)
     assert (tmp_path / "report.md").exists() and (tmp_path / "token_norms.png").exists()
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 3
 
