@@ -9,32 +9,19 @@ Prints a markdown table; the Object-DINO column shares are of tower + maps time.
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import torch
 from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
-from grounding.backbone import RegisterViT, TowerConfig
-from grounding.object_dino import ObjectDINO
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import timed  # noqa: E402
+
+from grounding.backbone import RegisterViT, TowerConfig  # noqa: E402
+from grounding.object_dino import ObjectDINO  # noqa: E402
 
 SHAPES = {"ViT-S/14": dict(hidden_size=384, num_attention_heads=6), "ViT-B/14": dict(hidden_size=768, num_attention_heads=12)}
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: str, repeats: int) -> float:
-    fn()  # warm-up
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,26 +19,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from guidance import build  # noqa: E402
+from timing import timed  # noqa: E402
 
 from grounding.region_tokens import RegionConfig, RegionGrounding  # noqa: E402
 from lightning_modules.module import LORA_TARGETS  # noqa: E402
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: str, repeats: int = 3) -> float:
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main() -> None:

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["PARSERS", "parse_answer", "pope_metrics", "load_questions", "SHIPPED_SPLITS", "build_pope"]
+__all__ = ["PARSERS", "parse_answer", "pope_metrics", "load_questions", "SHIPPED_SPLITS", "build_pope",
+           "objects_per_image"]
 
 SHIPPED_SPLITS = [f"{source}_{split}" for source in ("coco", "aokvqa", "gqa")
                   for split in ("random", "popular", "adversarial")]
@@ -95,6 +96,17 @@ def load_questions(split_or_path: str | Path) -> list[dict]:
     return rows
 
 
+def objects_per_image(instances: dict) -> dict[int, list[str]]:
+    """image id -> distinct category names in annotation order (POPE's "first three" are the first three here)."""
+    names = {c["id"]: c["name"] for c in instances["categories"]}
+    per_image: dict[int, list[str]] = {}
+    for ann in instances["annotations"]:
+        objects = per_image.setdefault(ann["image_id"], [])
+        if names[ann["category_id"]] not in objects:
+            objects.append(names[ann["category_id"]])
+    return per_image
+
+
 def build_pope(instances: dict, split: str, num_images: int = 500, seed: int = 0, min_objects: int = 3,
                per_image: int = 3) -> list[dict]:
     """New POPE questions from a COCO-format instance file (a loaded dict), with the official rules.
@@ -107,11 +119,7 @@ def build_pope(instances: dict, split: str, num_images: int = 500, seed: int = 0
     if split not in ("random", "popular", "adversarial"):
         raise ValueError(f"split must be random, popular or adversarial, got {split!r}")
     names = {c["id"]: c["name"] for c in instances["categories"]}
-    per_image_objects: dict[int, list[str]] = {}
-    for ann in instances["annotations"]:
-        objects = per_image_objects.setdefault(ann["image_id"], [])
-        if names[ann["category_id"]] not in objects:
-            objects.append(names[ann["category_id"]])
+    per_image_objects = objects_per_image(instances)
     files = {im["id"]: im["file_name"] for im in instances["images"]}
     eligible = sorted(i for i, objs in per_image_objects.items() if len(objs) >= min_objects and i in files)
     rng = random.Random(seed)

@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from eval.pope import objects_per_image
 from grounding.images import ImageError, load_image
 
 __all__ = ["InstructionDataModule", "ResumableSampler", "ResumableLoader", "grounded_questions"]
@@ -34,11 +35,7 @@ CAPTION_PROMPT = "Please describe this image in detail."
 def grounded_questions(instances: dict, per_image: int = 3, seed: int = 0) -> list[dict]:
     names = {c["id"]: c["name"] for c in instances["categories"]}
     files = {im["id"]: im["file_name"] for im in instances["images"]}
-    present: dict[int, list[str]] = {}
-    for ann in instances["annotations"]:
-        objs = present.setdefault(ann["image_id"], [])
-        if names[ann["category_id"]] not in objs:
-            objs.append(names[ann["category_id"]])
+    present = objects_per_image(instances)
     rng = random.Random(seed)
     records = []
     for image_id in sorted(present):
