@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -306,8 +306,3 @@ class RegisterViT(nn.Module):
             for handle in handles:
                 handle.remove()
         return last, (tuple(hidden) if output_hidden_states else None)
-
-    def with_preprocess(self, **changes) -> RegisterViT:
-        """Change the preprocessing in place (same weights) and return self, for chaining."""
-        self.config = replace(self.config, preprocess=replace(self.config.preprocess, **changes))
-        return self

@@ -19,7 +19,7 @@ held at once; the discovery affinity is accumulated as sum_h S_bar_h S_bar_h^T, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch

@@ -195,15 +195,15 @@ class InstructionDataModule(L.LightningDataModule):
         batch = processor(images=[item["image"] for item in items], text=texts, return_tensors="pt", padding=True,
                           padding_side="right")
         labels = torch.full_like(batch["input_ids"], -100)
-        for row, (item, messages) in enumerate(zip(items, conversations)):
-            def length(text: str) -> int:
-                return processor(images=[item["image"]], text=[text], return_tensors="pt")["input_ids"].shape[1]
+        def length(image, text: str) -> int:
+            return processor(images=[image], text=[text], return_tensors="pt")["input_ids"].shape[1]
 
+        for row, (item, messages) in enumerate(zip(items, conversations)):
             for j, message in enumerate(messages):
                 if message["role"] != "assistant":
                     continue
-                start = length(processor.apply_chat_template(messages[:j], add_generation_prompt=True))
-                stop = length(processor.apply_chat_template(messages[: j + 1]))
+                start = length(item["image"], processor.apply_chat_template(messages[:j], add_generation_prompt=True))
+                stop = length(item["image"], processor.apply_chat_template(messages[: j + 1]))
                 labels[row, start:stop] = batch["input_ids"][row, start:stop]
         batch["labels"] = labels
         return dict(batch)

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 from pathlib import Path
 

@@ -83,7 +83,6 @@ def test_fit_resume_and_export(setup, tmp_path):
     from peft import PeftModel
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from grounding import RegisterViT
     from grounding.region_tokens import RegionGrounding
 
     base = LlavaForConditionalGeneration.from_pretrained(root / "vlm").eval()

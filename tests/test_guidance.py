@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from grounding import RegisterViT
-from grounding.guidance import BranchLogitsProcessor, ObjectGuidance, encode_chat, positions_from_mask
+from grounding.guidance import ObjectGuidance, encode_chat, positions_from_mask
 from grounding.highlight import diffusion_noise, jet_overlay, red_tint, remove_objects
 from grounding.methods import build_method
 from tiny_vlm import make_tiny_llava, make_tiny_llava_next

@@ -66,7 +66,6 @@ def test_region_tokens_follow_the_image_tokens(tower):
     captured = {}
     language_model = model.model.language_model
     hook = language_model.register_forward_pre_hook(lambda m, a, kw: captured.update(kw), with_kwargs=True)
-    image_features = {}
     original = model.model.get_image_features
     with torch.no_grad():
         vision_only = original.__wrapped__(pixel_values=inputs["pixel_values"],
