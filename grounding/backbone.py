@@ -245,10 +245,11 @@ class RegisterViT(nn.Module):
         (in_h, in_w) = input_sizes.pop()
         batch = torch.zeros(len(pils), 3, in_h, in_w)
         scales = torch.zeros(len(pils), 2)
+        mean, std = self.mean[0].cpu().float(), self.std[0].cpu().float()  # (3, 1, 1)
         for i, (image, ((h, w), _)) in enumerate(zip(pils, geometries)):
             resized = image if (image.height, image.width) == (h, w) else image.resize((w, h), Image.BICUBIC)
             pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, h, w)
-            batch[i, :, :h, :w] = (pixels - self.mean[0].cpu().float()) / self.std[0].cpu().float()
+            batch[i, :, :h, :w] = (pixels - mean) / std
             scales[i] = torch.tensor([image.width / w * self.patch_size, image.height / h * self.patch_size])
         return batch, [(im.height, im.width) for im in pils], scales
 

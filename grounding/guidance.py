@@ -40,11 +40,9 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from .highlight import diffusion_noise, jet_overlay, red_tint, remove_objects
 from .images import as_pil
 from .object_dino import ObjectDINO, ObjectDINOConfig
-from .regions import upsample_maps
 
 __all__ = ["GuidanceConfig", "BranchLogitsProcessor", "PairedMixLogitsProcessor", "ObjectGuidance", "highlight_mix",
-           "contrastive_mix",
-           "positions_from_mask", "encode_chat"]
+           "contrastive_mix", "positions_from_mask", "encode_chat"]
 
 QUESTION_TEMPLATES = ("Answer this question based on the image: {prompt}",
                       "Answer this question by looking at the highlighted region: {prompt}")
@@ -181,7 +179,7 @@ class ObjectGuidance:
         self.processor = processor
         self.object_dino = ObjectDINO(self.config.object_dino)
         self._maps: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._pending: dict[int, dict] = {}
+        self._pending: dict[int, tuple[dict, weakref.ref]] = {}  # id(input_ids) -> (branch inputs, model)
         self.tower_calls = 0
 
     # ------------------------------------------------------------------ inputs
@@ -191,17 +189,12 @@ class ObjectGuidance:
         if key in self._maps:
             self._maps.move_to_end(key)
             return self._maps[key]
-        out = self.tower([image])
+        full = self.object_dino.object_maps(self.tower([image]), upsample=True)[0].cpu()
         self.tower_calls += 1
-        maps = self.object_dino.analyse(out).maps
-        full = upsample_maps(maps, out.patch_scale, out.image_sizes)[0].cpu()
         self._maps[key] = full
         while len(self._maps) > self.config.cache_size:
             self._maps.popitem(last=False)
         return full
-
-    def _encode(self, images: Sequence[Image.Image], texts: Sequence[str], device, dtype) -> dict:
-        return encode_chat(self.processor, images, texts, device, dtype)
 
     def _texts(self, prompts: Sequence[str]) -> tuple[list[str], list[str]]:
         if self.config.mode != "highlight":
@@ -233,8 +226,8 @@ class ObjectGuidance:
     def prepare(self, model, images: Sequence, prompts: Sequence[str]) -> dict:
         """Main-branch inputs for `model.generate(**inputs, logits_processor=guide.logits_processors(inputs))`."""
         pils, original_texts, branch_images, branch_texts = self._both(images, prompts)
-        inputs = self._encode(pils, original_texts, model.device, model.dtype)
-        branch = self._encode(branch_images, branch_texts, model.device, model.dtype)
+        inputs = encode_chat(self.processor, pils, original_texts, model.device, model.dtype)
+        branch = encode_chat(self.processor, branch_images, branch_texts, model.device, model.dtype)
         self._noise(branch)
         self._pending[id(inputs["input_ids"])] = (branch, weakref.ref(model))
         return inputs
@@ -274,7 +267,7 @@ class ObjectGuidance:
     def _generate_joint(self, model, images: Sequence, prompts: Sequence[str], **generate_kwargs) -> list[str]:
         pils, original_texts, branch_images, branch_texts = self._both(images, prompts)
         batch = len(pils)
-        inputs = self._encode(pils + branch_images, original_texts + branch_texts, model.device, model.dtype)
+        inputs = encode_chat(self.processor, pils + branch_images, original_texts + branch_texts, model.device, model.dtype)
         self._noise(inputs, slice(batch, None))
         processors = LogitsProcessorList([PairedMixLogitsProcessor(self.mix())])
         output = model.generate(**inputs, logits_processor=processors, **generate_kwargs)
