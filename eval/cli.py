@@ -102,6 +102,10 @@ def _cmd_assets(args) -> int:
     if args.action == "build":
         for name, path in assets.build_all(force=args.force, only=args.only).items():
             print(f"{name}: {path}")
+    elif args.action == "path":
+        if args.name not in assets.RECIPES:
+            raise KeyError(f"unknown asset {args.name!r}; choose from {sorted(assets.RECIPES)}")
+        print(assets.require(args.name))
     else:
         for name in assets.RECIPES:
             print(f"{name}: {assets.asset_dir(name)}{'' if assets.is_built(name) else '  (not built)'}")
@@ -128,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = commands.add_parser("assets", help="convert packaged checkpoints into Hugging Face folders")
-    p.add_argument("action", choices=["build", "list"])
+    p.add_argument("action", choices=["build", "list", "path"], help="path NAME prints a built asset's folder")
+    p.add_argument("name", nargs="?", default=None, help="asset name (for `path`)")
     p.add_argument("--force", action="store_true", help="rebuild even if present")
     p.add_argument("--only", default=None, help="comma-separated recipe names")
     p.set_defaults(func=_cmd_assets)
@@ -168,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError) as error:
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
         print(f"grounding {args.command}: error: {error}", file=sys.stderr)
         return 2
 

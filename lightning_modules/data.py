@@ -5,7 +5,9 @@ Sources (any mix):
   "<image>\\nQ"}, {"from": "gpt", "value": "A"}, ...]}.
 * `captions`: a COCO captions file -> "Please describe this image in detail." / the caption.
 * `instances`: a COCO instance file -> grounded yes/no questions, POPE-style (first `per_image` present
-  objects "yes", as many absent ones "no", negatives chosen at random with a seed).
+  objects "yes", as many absent ones "no", negatives chosen at random with a seed). `group_questions=True`
+  puts one image's questions into one multi-turn conversation (LLaVA-Instruct's layout), in a seeded random
+  order: the image tokens are then paid once per image instead of once per question.
 
 Records whose image is missing or unreadable are skipped and counted in the log. Labels are -100 except on the
 answer tokens (and the end-of-turn token after them). The training sampler shuffles with (seed, epoch) and
@@ -32,7 +34,8 @@ log = logging.getLogger(__name__)
 CAPTION_PROMPT = "Please describe this image in detail."
 
 
-def grounded_questions(instances: dict, per_image: int = 3, seed: int = 0) -> list[dict]:
+def grounded_questions(instances: dict, per_image: int = 3, seed: int = 0, grouped: bool = False) -> list[dict]:
+    """Yes/no object questions per image (LLaVA-format records): one record per question, or per image if grouped."""
     names = {c["id"]: c["name"] for c in instances["categories"]}
     files = {im["id"]: im["file_name"] for im in instances["images"]}
     present = objects_per_image(instances)
@@ -43,17 +46,29 @@ def grounded_questions(instances: dict, per_image: int = 3, seed: int = 0) -> li
         absent = [n for n in names.values() if n not in objs]
         positives = objs[:per_image]
         negatives = rng.sample(absent, min(len(positives), len(absent)))
-        for obj, answer in [(o, "Yes") for o in positives] + [(o, "No") for o in negatives]:
-            records.append({"image": files[image_id], "conversations": [
-                {"from": "human", "value": f"<image>\nIs there a {obj} in the image?"}, {"from": "gpt", "value": answer}]})
+        pairs = [(o, "Yes") for o in positives] + [(o, "No") for o in negatives]
+        turns = [[{"from": "human", "value": f"Is there a {obj} in the image?"}, {"from": "gpt", "value": answer}]
+                 for obj, answer in pairs]
+        if grouped:
+            rng.shuffle(turns)
+            turns = [[turn for qa in turns for turn in qa]]
+        for conversation in turns:
+            conversation[0] = {**conversation[0], "value": "<image>\n" + conversation[0]["value"]}
+            records.append({"image": files[image_id], "conversations": conversation})
     return records
 
 
-def _from_captions(data: dict) -> list[dict]:
+def _from_captions(data: dict, per_image: int | None = None) -> list[dict]:
     files = {im["id"]: im["file_name"] for im in data["images"]}
-    return [{"image": files[a["image_id"]], "conversations": [{"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"},
-                                                             {"from": "gpt", "value": a["caption"].strip()}]}
-            for a in data["annotations"] if a["image_id"] in files]
+    counts: dict[int, int] = {}
+    records = []
+    for a in data["annotations"]:
+        if a["image_id"] not in files or (per_image is not None and counts.get(a["image_id"], 0) >= per_image):
+            continue
+        counts[a["image_id"]] = counts.get(a["image_id"], 0) + 1
+        records.append({"image": files[a["image_id"]], "conversations": [
+            {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"}, {"from": "gpt", "value": a["caption"].strip()}]})
+    return records
 
 
 def _messages(conversation: list[dict]) -> list[dict]:
@@ -129,7 +144,8 @@ class ResumableLoader(DataLoader):
 class InstructionDataModule(L.LightningDataModule):
     def __init__(self, image_root: str, instructions: str | None = None, captions: str | None = None,
                  instances: str | None = None, val_fraction: float = 0.0, batch_size: int = 4, num_workers: int = 0,
-                 seed: int = 0, questions_per_image: int = 3, max_records: int | None = None):
+                 seed: int = 0, questions_per_image: int = 3, max_records: int | None = None,
+                 group_questions: bool = False, captions_per_image: int | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.train_set: InstructionDataset | None = None
@@ -147,9 +163,10 @@ class InstructionDataModule(L.LightningDataModule):
             table = load_dataset("json", data_files=hp.instructions, split="train")
             records += [{"image": r["image"], "conversations": r["conversations"]} for r in table if r.get("image")]
         if hp.captions:
-            records += _from_captions(json.loads(Path(hp.captions).read_text()))
+            records += _from_captions(json.loads(Path(hp.captions).read_text()), hp.captions_per_image)
         if hp.instances:
-            records += grounded_questions(json.loads(Path(hp.instances).read_text()), hp.questions_per_image, hp.seed)
+            records += grounded_questions(json.loads(Path(hp.instances).read_text()), hp.questions_per_image, hp.seed,
+                                          grouped=hp.group_questions)
         if not records:
             raise ValueError("no training data: give instructions, captions and/or instances")
         return records[: hp.max_records] if hp.max_records else records

@@ -2,7 +2,11 @@
 
 * LoRA (peft) targets the language model only: a regex anchored on `language_model` (both towers also name
   layers q_proj/k_proj/v_proj); the region projector is in `modules_to_save`. Everything else is frozen.
-* Loss = the model's own causal-LM loss on `labels` (-100 everywhere but answer tokens; see the data module).
+* `train_projector=True` also trains the VLM's own multimodal projector (in `modules_to_save`): what a LLaVA
+  whose projector is new (e.g. the embedded `world-llava`) needs.
+* Loss = the causal-LM loss on `labels` (-100 everywhere but answer tokens; see the data module), computed from
+  the logits of the labelled positions only (`logits_to_keep`): the same number as the model's own loss, without
+  projecting every image and prompt token onto the vocabulary.
 * Checkpoints keep only trainable weights (LoRA + projector); optimizer and loop state come from Lightning, so
   `ckpt_path=` resumes exactly (the data module's sampler resumes mid-epoch).
 * `on_train_end` exports the adapter: peft's `adapter_model.safetensors` + the RegionGrounding projector/config.
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
 from grounding.region_tokens import RegionConfig, RegionGrounding
 
@@ -34,6 +39,9 @@ class RegionTokensModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         export_dir: str | None = None,
+        train_projector: bool = False,
+        projector_learning_rate: float | None = None,
+        image_size: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -52,41 +60,68 @@ class RegionTokensModule(L.LightningModule):
         from eval.runner import load_vlm
 
         model, processor = load_vlm(self.hparams.vlm, "float32", "cpu")
+        if self.hparams.image_size:  # the VLM's input size (image tokens = (size / patch)^2)
+            processor.image_processor.size = {"height": self.hparams.image_size, "width": self.hparams.image_size}
         self.processor = processor
         self.grounding = RegionGrounding(self.regions_config)
-        self.grounding.load_tower("cpu")
-        self.grounding.tower.requires_grad_(False)
+        if self.regions_config.num_regions:
+            self.grounding.load_tower("cpu").requires_grad_(False)
         self.handle = self.grounding.attach(model, processor)
         lora = LoraConfig(r=self.hparams.lora_r, lora_alpha=self.hparams.lora_alpha,
                           lora_dropout=self.hparams.lora_dropout, target_modules=LORA_TARGETS,
-                          modules_to_save=["region_projector"] if self.regions_config.num_regions else None)
+                          modules_to_save=self.saved_modules() or None)
         self.model = get_peft_model(model, lora)
         self.model.train()  # load_vlm returns eval mode; the frozen tower stays in eval mode
-        self.grounding.tower.eval()
+        if self.grounding.tower is not None:
+            self.grounding.tower.eval()
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-        stray = [n for n in trainable if "lora_" not in n and "region_projector" not in n]
+        stray = [n for n in trainable if "lora_" not in n and not any(m in n for m in self.saved_modules())]
         if stray:
             raise RuntimeError(f"unexpected trainable parameters: {stray[:5]}")
 
+    def saved_modules(self) -> list[str]:
+        """Modules trained in full (peft `modules_to_save`): the region projector and/or the VLM's projector."""
+        return (["region_projector"] if self.regions_config.num_regions else []) + \
+            (["multi_modal_projector"] if self.hparams.train_projector else [])
+
     def on_fit_start(self) -> None:
-        self.grounding.tower.to(self.device)
+        if self.grounding.tower is not None:
+            self.grounding.tower.to(self.device)
 
     def forward(self, **batch):
         return self.model(**batch)
 
+    def answer_loss(self, batch: dict) -> torch.Tensor:
+        """Mean next-token cross-entropy over the labelled positions, from their logits only."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        targets = batch["labels"][:, 1:]  # (B, T-1)
+        keep = torch.zeros_like(batch["labels"], dtype=torch.bool)  # (B, T): positions whose next token is labelled
+        keep[:, :-1] = targets != -100
+        if not keep.any():
+            raise ValueError("a batch holds no answer tokens: every label is -100")
+        logits = self.model(**inputs, logits_to_keep=keep).logits  # (n, V)
+        if logits.ndim != 2 or logits.shape[0] != int(keep.sum()):
+            raise RuntimeError(f"logits_to_keep with a boolean mask gave logits {tuple(logits.shape)} for "
+                               f"{int(keep.sum())} positions: this transformers version does not support it")
+        return F.cross_entropy(logits.float(), targets[keep[:, :-1]])
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
+        loss = self.answer_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
+        loss = self.answer_loss(batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        projector_lr = self.hparams.projector_learning_rate or self.hparams.learning_rate
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in named if "lora_" in n], "lr": self.hparams.learning_rate},
+                  {"params": [p for n, p in named if "lora_" not in n], "lr": projector_lr}]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hparams.learning_rate,
+                                      weight_decay=self.hparams.weight_decay)
         if not self.hparams.warmup_steps:
             return optimizer
         warmup = self.hparams.warmup_steps

@@ -110,3 +110,42 @@ def test_every_train_yaml_validates():
         regions = cli.model.regions_config
         assert regions.num_regions >= 0 and cli.model.hparams.lora_r > 0, path
         assert cli.datamodule.hparams.batch_size >= 1, path
+
+
+def test_answer_loss_equals_the_models_own_loss():
+    """The labelled-positions-only loss is the model's causal-LM loss, to float precision."""
+    from lightning_modules.module import RegionTokensModule
+
+    model, processor = make_tiny_llava()
+    module = RegionTokensModule(vlm="unused", regions={"num_regions": 0})
+    module.model = model.eval()
+    image = Image.fromarray((np.random.default_rng(1).random((40, 56, 3)) * 255).astype(np.uint8))
+    texts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": t}]}],
+                                           add_generation_prompt=True) + a
+             for t, a in (("is there a dog ?", "yes"), ("is there a red car on the table ?", "no not a car"))]
+    batch = dict(processor(images=[image, image], text=texts, return_tensors="pt", padding=True, padding_side="right"))
+    labels = batch["input_ids"].clone()
+    labels[:, :-3] = -100
+    labels[batch["attention_mask"] == 0] = -100
+    batch["labels"] = labels
+    with torch.no_grad():
+        torch.testing.assert_close(module.answer_loss(batch), model(**batch).loss, rtol=1e-5, atol=1e-6)
+    batch["labels"] = torch.full_like(labels, -100)
+    with pytest.raises(ValueError, match="no answer tokens"):
+        module.answer_loss(batch)
+
+
+def test_grouped_questions_pay_the_image_once():
+    from lightning_modules.data import grounded_questions
+
+    instances = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+                 "categories": [{"id": i, "name": n} for i, n in enumerate(["dog", "cat", "car", "bus", "cup"], 1)],
+                 "annotations": [{"image_id": 1, "category_id": 1}, {"image_id": 1, "category_id": 3},
+                                 {"image_id": 2, "category_id": 2}]}
+    single = grounded_questions(instances, per_image=3, seed=0)
+    grouped = grounded_questions(instances, per_image=3, seed=0, grouped=True)
+    assert len(single) == 6 and len(grouped) == 2
+    turns = grouped[0]["conversations"]
+    assert len(turns) == 8 and sum("<image>" in t["value"] for t in turns) == 1 and turns[0]["value"].startswith("<image>\n")
+    answers = {t["value"].split("a ")[-1][:-len(" in the image?")]: a["value"] for t, a in zip(turns[::2], turns[1::2])}
+    assert answers["dog"] == "Yes" and answers["car"] == "Yes" and sorted(answers.values()).count("No") == 2

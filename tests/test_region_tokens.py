@@ -130,3 +130,38 @@ def test_vlm_feature_source_and_double_attach(tower):
     with pytest.raises(RuntimeError, match="already attached"):
         grounding.attach(model, processor)
     handle.detach()
+
+
+def test_region_tokens_method_binds_adapter_and_lora_then_restores_the_model(tower, tiny_reg_dir, tmp_path):
+    """The eval method "region-tokens": a saved adapter (+ its LoRA) changes the answers while bound, and the
+    model is exactly the stock model after."""
+    from peft import LoraConfig, get_peft_model
+
+    from grounding.methods import build_method
+
+    model, processor = make_tiny_llava()
+    imgs = images()
+    with torch.no_grad():
+        stock = model(**encode(processor, imgs)).logits
+    grounding = RegionGrounding(RegionConfig(num_regions=2, tower=tiny_reg_dir, tower_short_side=32, object_dino=OD,
+                                             projector_hidden=16), tower=tower)
+    handle = grounding.attach(model, processor)
+    grounding.save_pretrained(tmp_path / "adapter")
+    handle.detach()
+    scratch, _ = make_tiny_llava()
+    lora = get_peft_model(scratch, LoraConfig(r=2, target_modules=r".*language_model.*\.(q_proj|v_proj)",
+                                              init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter" / "lora")
+
+    method = build_method("region-tokens", None, processor, adapter=str(tmp_path / "adapter"), task="question")
+    with method.bind(model):
+        with torch.no_grad():
+            bound = model(**encode(processor, imgs)).logits
+        answers = method.generate(model, imgs, ["is there a dog ?"] * 2, max_new_tokens=3, do_sample=False)
+    assert bound.shape[1] == stock.shape[1] + 2 and len(answers) == 2
+    assert processor.num_additional_image_tokens == 1 and not hasattr(model, "region_projector")
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    with torch.no_grad():
+        assert torch.equal(model(**encode(processor, imgs)).logits, stock)
+    with pytest.raises(ValueError, match="adapter folder"):
+        build_method("region-tokens", None, processor)

@@ -1,0 +1,62 @@
+"""The trained grounding method for the eval runner: a saved region-token adapter attached to the model.
+
+Registered as "region-tokens" (`grounding.methods`). Options: `adapter` = a `RegionGrounding.save_pretrained`
+folder (what `grounding fit` exports); its `lora/` subfolder, when present, is the LoRA trained with it and is
+loaded onto the model as well. `bind(model)` attaches both for a whole run and undoes both on exit, so the
+model is the stock model again for the next method.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from .methods import Baseline, register_method
+from .region_tokens import RegionGrounding
+
+__all__ = ["RegionTokens"]
+
+
+@register_method("region-tokens")
+class RegionTokens:
+    """Plain decoding with K grounded region tokens after the image tokens (and the adapter's LoRA)."""
+
+    def __init__(self, tower=None, processor=None, adapter: str | None = None, **_):
+        if adapter is None:
+            raise ValueError("region-tokens needs the adapter folder: --method-options "
+                             "'{\"region-tokens\": {\"adapter\": \"DIR\"}}' (a `grounding fit` export)")
+        self.adapter = Path(adapter).expanduser()
+        if not self.adapter.is_dir():
+            raise FileNotFoundError(f"region-token adapter folder {self.adapter} does not exist")
+        self.grounding = RegionGrounding.from_pretrained(self.adapter)  # its own tower, at its trained size
+        self.processor = processor
+        self.baseline = Baseline(processor=processor)
+        self.bound_to = None
+
+    @contextlib.contextmanager
+    def bind(self, model) -> Iterator[RegionTokens]:
+        """Attach the region tokens (and LoRA) to `model` for the duration; detach everything after."""
+        handle = self.grounding.attach(model, self.processor)
+        lora = None
+        try:
+            if (self.adapter / "lora").is_dir():
+                from peft import PeftModel
+
+                lora = PeftModel.from_pretrained(model, self.adapter / "lora").eval()  # injects in place
+            self.bound_to = model
+            yield self
+        finally:
+            self.bound_to = None
+            if lora is not None:
+                lora.unload()  # removes the LoRA layers from `model`
+            handle.detach()
+
+    @torch.no_grad()
+    def generate(self, model, images: Sequence, prompts: Sequence[str], **generate_kwargs) -> list[str]:
+        if self.bound_to is model:
+            return self.baseline.generate(model, images, prompts, **generate_kwargs)
+        with self.bind(model):
+            return self.baseline.generate(model, images, prompts, **generate_kwargs)
