@@ -2,6 +2,8 @@
 
 * LoRA (peft) targets the language model only: a regex anchored on `language_model` (both towers also name
   layers q_proj/k_proj/v_proj); the region projector is in `modules_to_save`. Everything else is frozen.
+* `dtype="bfloat16"` loads the frozen VLM in bf16 (no fp32 copy, no per-step weight casts under autocast; use
+  with `precision: 32-true`); peft keeps the LoRA weights in fp32, the trained projector stays in the model's dtype.
 * `train_projector=True` also trains the VLM's own multimodal projector (in `modules_to_save`): what a LLaVA
   whose projector is new (e.g. the embedded `world-llava`) needs.
 * Loss = the causal-LM loss on `labels` (-100 everywhere but answer tokens; see the data module), computed from
@@ -42,6 +44,7 @@ class RegionTokensModule(L.LightningModule):
         train_projector: bool = False,
         projector_learning_rate: float | None = None,
         image_size: int | None = None,
+        dtype: str = "float32",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -59,7 +62,7 @@ class RegionTokensModule(L.LightningModule):
 
         from eval.runner import load_vlm
 
-        model, processor = load_vlm(self.hparams.vlm, "float32", "cpu")
+        model, processor = load_vlm(self.hparams.vlm, self.hparams.dtype, "cpu")
         if self.hparams.image_size:  # the VLM's input size (image tokens = (size / patch)^2)
             processor.image_processor.size = {"height": self.hparams.image_size, "width": self.hparams.image_size}
         self.processor = processor
