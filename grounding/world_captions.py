@@ -111,26 +111,26 @@ def make_captions(objects: list[CaptionObject], pattern: str, color: str, rng: n
         plural_first = first.count > 1
         templates = [
             f"a picture of {listed}",
-            f"{listed} on a {bg} background",
+            f"{listed} on {_article(bg)} background",
             f"an image showing {listed}",
             f"there {'are' if plural_first else 'is'} {listed} in this picture",
-            f"a photo of {listed} against a {bg} backdrop",
+            f"a photo of {listed} against {_article(bg)} backdrop",
             f"a simple drawing of {listed}",
-            f"{listed}, drawn over a {bg} pattern",
+            f"{listed}, drawn over {_article(bg)} pattern",
             f"in this scene we can see {listed}",
-            f"{listed} scattered across a {bg} surface",
+            f"{listed} scattered across {_article(bg)} surface",
             f"a colourful illustration with {listed}",
         ]
         if len(keep) == 1:
             templates += [f"a close-up view of {_phrase(first, rng)}",
-                          f"{_phrase(first, rng, spatial=True)} on a {bg} background",
+                          f"{_phrase(first, rng, spatial=True)} on {_article(bg)} background",
                           f"just {_phrase(first, rng)} {first.where} of the frame"]
         if len(keep) >= 2:
             rest = _join([_phrase(o, rng) for o in keep[1:]])
             second = keep[1]
             templates += [
                 f"{_phrase(first, rng, spatial=True)}, with {rest}",
-                f"several objects on a {bg} background: {listed}",
+                f"several objects on {_article(bg)} background: {listed}",
                 f"{_phrase(first, rng)} and {rest} are shown here",
                 f"{_phrase(first, rng)} next to {rest}",
             ]

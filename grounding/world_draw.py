@@ -94,6 +94,12 @@ def _mix(a, b, t: float) -> tuple[int, int, int, int]:
     return tuple(_clip(x * (1 - t) + y * t) for x, y in zip(a[:3], b[:3])) + (255,)  # type: ignore[return-value]
 
 
+def _detail(rgba) -> tuple[int, int, int, int]:
+    """A colour for lines drawn on a part: darker on light parts, lighter on dark ones."""
+    luminance = 0.3 * rgba[0] + 0.59 * rgba[1] + 0.11 * rgba[2]
+    return _mix(rgba, (235, 235, 235), 0.45) if luminance < 80 else _shade(rgba, 0.55)
+
+
 _CLEAR = (0, 0, 0, 0)
 
 
@@ -582,14 +588,18 @@ def _laptop(pen: _Pen) -> str | None:
 
 
 def _mouse(pen: _Pen) -> str | None:
-    name, c = pen.pick(["grey", "black", "white", "silver", "blue", "red"])
+    name, c = pen.pick(["grey", "black", "white", "white", "silver", "blue", "red"])
     o = _shade(c, 0.55)
-    pen.line([(0.5, 0.14), (0.5, 0.06), (0.62, 0.0)], _shade(c, 0.4), 0.05)
-    pen.ellipse((0.0, 0.1, 1.0, 1.0), c, o)
-    pen.line([(0.5, 0.11), (0.5, 0.44)], o, 0.025)
-    pen.d.arc(pen.b(0.04, 0.2, 0.96, 0.68), 15, 165, fill=o, width=max(1, pen.lw // 2))
-    pen.rect((0.43, 0.18, 0.57, 0.34), (45, 45, 50, 255), r=0.4)
-    pen.ellipse((0.18, 0.52, 0.36, 0.86), _shade(c, 1.15))
+    line = _detail(c)
+    cord = (50, 50, 55, 255) if name != "black" else (90, 90, 95, 255)
+    pen.line([(0.5, 0.16), (0.5, 0.08), (0.6, 0.03), (0.75, 0.0)], cord, 0.05)
+    body = [(0.5 + 0.5 * math.sin(a) * (0.82 + 0.18 * math.sin(a / 2) ** 2), 0.58 - 0.44 * math.cos(a))
+            for a in np.linspace(0, 2 * math.pi, 40)]
+    pen.poly(body, c, o)
+    pen.line([(0.5, 0.15), (0.5, 0.46)], line, 0.035)
+    pen.line([(0.1, 0.5), (0.3, 0.47), (0.5, 0.46), (0.7, 0.47), (0.9, 0.5)], line, 0.03)
+    pen.rect((0.43, 0.2, 0.57, 0.36), (40, 40, 45, 255) if name != "black" else (150, 150, 155, 255), r=0.4)
+    pen.ellipse((0.2, 0.58, 0.36, 0.86), _mix(c, (255, 255, 255), 0.3))
     return name
 
 
@@ -597,8 +607,8 @@ def _keyboard(pen: _Pen) -> str | None:
     name, c = pen.pick(["black", "grey", "white", "silver", "white"])
     o = _shade(c, 0.55)
     pen.rect((0.0, 0.0, 1.0, 1.0), c, o, r=0.08)
-    key = _shade(c, 1.25) if name in ("black", "grey") else _shade(c, 0.85)
-    edge = _shade(c, 0.5)
+    key = _mix(c, (255, 255, 255), 0.25) if name in ("black", "grey") else _shade(c, 0.88)
+    edge = _detail(c)
     rows = 5
     for r in range(rows):
         y0 = 0.1 + r * 0.16
@@ -914,13 +924,14 @@ def _smooth_field(rng: np.random.Generator, width: int, height: int, cell: int) 
 def render_background(width: int, height: int, rng: np.random.Generator) -> tuple[np.ndarray, str, str]:
     """(H, W, 3) uint8 textured background, its pattern word and its colour name."""
     a, b = _muted(rng), _muted(rng) if rng.random() < 0.4 else np.clip(_muted(rng) * 0.3 + 0.7 * _muted(rng), 0, 255)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    ys = np.arange(height, dtype=np.float32)[:, None]  # (H, 1)
+    xs = np.arange(width, dtype=np.float32)[None, :]  # (1, W)
     angle = rng.uniform(0, 2 * math.pi)
-    t = xs * math.cos(angle) + ys * math.sin(angle)
-    t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))  # (H, W)
-    img = a[None, None] * (1 - t[..., None]) + b[None, None] * t[..., None]  # (H, W, 3)
+    t = xs * math.cos(angle) + ys * math.sin(angle)  # (H, W)
+    t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))
+    img = a.astype(np.float32) + t[..., None] * (b - a).astype(np.float32)  # (H, W, 3)
     pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
-    accent = _muted(rng)
+    accent = _muted(rng).astype(np.float32)
     period = rng.uniform(10, 40)
     if pattern == "striped":
         th = rng.uniform(0, math.pi)
@@ -932,7 +943,7 @@ def render_background(width: int, height: int, rng: np.random.Generator) -> tupl
     elif pattern == "tiled":
         c, lw = int(period) + 8, int(rng.integers(1, 4))
         m = (((xs % c) < lw) | ((ys % c) < lw)).astype(np.float32)
-        accent = np.clip(accent * 0.5, 0, 255)
+        accent = accent * 0.5
     elif pattern == "blotchy":
         f = _smooth_field(rng, width, height, int(rng.integers(16, 48)))
         m = 1 / (1 + np.exp(-3 * f))
@@ -943,11 +954,11 @@ def render_background(width: int, height: int, rng: np.random.Generator) -> tupl
     elif pattern == "wavy":
         m = 0.5 + 0.5 * np.sin(2 * math.pi * ys / period + rng.uniform(1, 4) * np.sin(2 * math.pi * xs / (3 * period)))
     else:
-        m = np.zeros_like(xs)
-    strength = rng.uniform(0.2, 0.5)
-    img = img * (1 - strength * m[..., None]) + accent[None, None] * (strength * m[..., None])
+        m = np.zeros((height, width), dtype=np.float32)
+    m = np.broadcast_to(m, (height, width))[..., None] * np.float32(rng.uniform(0.2, 0.5))  # (H, W, 1)
+    img += m * (accent - img)
     img *= (1 + 0.08 * _smooth_field(rng, width, height, 24))[..., None]
-    grain = rng.uniform(2, 9) if pattern != "speckled" else rng.uniform(12, 20)
-    img += rng.standard_normal((height, width, 1), dtype=np.float32) * grain
+    grain = rng.uniform(1.5, 5) if pattern != "speckled" else rng.uniform(8, 14)
+    img += rng.standard_normal((height, width, 1), dtype=np.float32) * np.float32(grain)
     out = np.clip(img, 0, 255).astype(np.uint8)
     return out, pattern, color_name(out.reshape(-1, 3).mean(0))
