@@ -6,6 +6,7 @@
   (5.x) or one (B, N, D) tensor (4.x).
 * `set_num_additional_image_tokens` / `get_num_additional_image_tokens`: the processor attribute that says
   how many tokens `<image>` expands to beyond the patch count.
+* `merged_generation_config`: the `GenerationConfig` that `generate()` really runs with (its own merge, 5.x).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AttentionInterface
+from transformers import AttentionInterface, GenerationConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "sdpa_attention_forward",
     "image_features_as_list",
     "image_features_like",
+    "merged_generation_config",
 ]
 
 TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
@@ -56,3 +58,13 @@ def image_features_like(original: Any, features: list[torch.Tensor]) -> Any:
     else:
         original.pooler_output = type(container)(features) if isinstance(container, (list, tuple)) else features
     return original
+
+
+def merged_generation_config(model, generate_kwargs: dict) -> GenerationConfig:
+    """The config `model.generate(**generate_kwargs)` runs with: a passed `generation_config` (or an empty one), its
+    unset fields filled from `model.generation_config`, then from transformers' global defaults (top_k = 50, ...),
+    then overridden by the kwargs. Uses generate()'s own merge so the two cannot disagree."""
+    kwargs = dict(generate_kwargs)
+    passed = kwargs.pop("generation_config", None)
+    merged, _ = model._prepare_generation_config(passed, **kwargs)
+    return merged
