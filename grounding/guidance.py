@@ -28,6 +28,10 @@ Two ways to run the second branch (`GuidanceConfig.branches`):
 Sampling uses the full softmax (top_k = 0, top_p = 1.0 unless the caller sets them; see `grounding.sampling`),
 as the Object-DINO release and VCD do; `ObjectGuidance.generation_settings` records what the last call used.
 
+Models with multimodal rotary positions (Qwen2-VL, Qwen2.5-VL): the separate branch builds its (4, B, T)
+position ids with the model's own `get_rope_index`, as generate() does, and never touches the model's cached
+`rope_deltas` (generate()'s own rows keep theirs). Other `get_rope_index` models are refused on that path.
+
 VCD noise is drawn per image, from a seed derived from the image's pixels and `GuidanceConfig.seed`, so an
 image's noised branch does not depend on what it is batched with.
 """
@@ -45,7 +49,7 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from .compat import merged_generation_config
+from .compat import merged_generation_config, multimodal_position_ids, rope_index_function
 from .highlight import diffusion_noise, jet_overlay, red_tint, remove_objects
 from .images import as_pil
 from .object_dino import ObjectDINO, ObjectDINOConfig
@@ -106,9 +110,10 @@ class BranchLogitsProcessor(LogitsProcessor):
         self.model = model
         self.branch = dict(branch)
         self.mix = mix
+        self.rope_index = rope_index_function(model)  # None for 1-D RoPE; raises for unsupported M-RoPE models
         self.cache = None
         self.attention_mask: torch.Tensor | None = None
-        self.positions: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None  # (B, 1), or (4, B, 1) with multimodal rotary positions
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -118,9 +123,11 @@ class BranchLogitsProcessor(LogitsProcessor):
                              "and num_return_sequences > 1 are not supported by guided decoding")
         if self.cache is None:
             self.attention_mask = self.branch["attention_mask"]
-            positions = positions_from_mask(self.attention_mask)
+            positions = positions_from_mask(self.attention_mask)  # (B, T')
+            if self.rope_index is not None:
+                positions = multimodal_position_ids(self.rope_index, self.branch, positions)  # (4, B, T')
             out = self.model(**self.branch, position_ids=positions, use_cache=True)
-            self.positions = positions[:, -1:]
+            self.positions = positions[..., -1:]
         else:
             self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(batch, 1)], dim=1)
             self.positions = self.positions + 1
