@@ -94,7 +94,8 @@ def head_descriptors(out: TowerOutput, facets=("q", "k", "v"), chunk_elements: i
 
 
 def object_cluster_of(labels: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, L, H) head labels -> (B,) cluster with the most final-layer heads; ties to the first met in (layer, head) order."""
+    """(B, L, H) head labels -> (B,) cluster with the most final-layer heads; ties go to the one met first in
+    (layer, head) order."""
     batch = labels.shape[0]
     flat = labels.reshape(batch, -1)  # (B, L*H), (layer, head) order
     members = flat[:, :, None] == torch.arange(k, device=labels.device)  # (B, L*H, k)
