@@ -1,4 +1,4 @@
-"""Guided decoding on a model with multimodal rotary positions (Qwen2-VL M-RoPE)."""
+"""Guided decoding on models with multimodal rotary positions (Qwen2-VL / Qwen2.5-VL M-RoPE)."""
 
 import types
 
@@ -21,9 +21,9 @@ def tower(tiny_reg_dir):
     return RegisterViT.from_pretrained(tiny_reg_dir, preprocess={"short_side": 32})
 
 
-@pytest.fixture(scope="module")
-def qwen():
-    return make_tiny_qwen2_vl()
+@pytest.fixture(scope="module", params=["2", "2.5"], ids=["qwen2-vl", "qwen2.5-vl"])
+def qwen(request):
+    return make_tiny_qwen2_vl(version=request.param)
 
 
 def photos(n=2, seed=0):

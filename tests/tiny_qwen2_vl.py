@@ -1,10 +1,11 @@
-"""A tiny random Qwen2-VL (hidden 32, 2 layers, M-RoPE) with a word-level tokenizer and its processor, built in code."""
+"""Tiny random Qwen2-VL / Qwen2.5-VL (hidden 32, 2 layers, M-RoPE) with a word-level tokenizer and processor, in code."""
 
 from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-from transformers import (PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
+from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                          Qwen2_5_VLProcessor, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
                           Qwen2VLProcessor, Qwen2VLVideoProcessor)
 
 from tiny_vlm import WORDS
@@ -18,7 +19,8 @@ CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}
                  "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}")
 
 
-def make_tiny_qwen2_vl(seed: int = 0):
+def make_tiny_qwen2_vl(seed: int = 0, version: str = "2"):
+    """version "2": Qwen2-VL; "2.5": Qwen2.5-VL (windowed vision attention, same M-RoPE layout)."""
     vocab = {token: i for i, token in enumerate(SPECIAL + sorted(set(WORDS) | {"user", "assistant"}))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.normalizer = normalizers.Lowercase()
@@ -31,11 +33,18 @@ def make_tiny_qwen2_vl(seed: int = 0):
     image_processor = Qwen2VLImageProcessor(min_pixels=16 * 16 * 4, max_pixels=16 * 16 * 16, patch_size=8, merge_size=2,
                                             temporal_patch_size=2)
     video_processor = Qwen2VLVideoProcessor(patch_size=8, merge_size=2, temporal_patch_size=2)
-    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
-                                 chat_template=CHAT_TEMPLATE)
-    config = Qwen2VLConfig(
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2, patch_size=8, spatial_merge_size=2,
-                           temporal_patch_size=2, mlp_ratio=2),
+    processor_cls, config_cls, model_cls = {
+        "2": (Qwen2VLProcessor, Qwen2VLConfig, Qwen2VLForConditionalGeneration),
+        "2.5": (Qwen2_5_VLProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration)}[version]
+    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+                              chat_template=CHAT_TEMPLATE)
+    vision = dict(depth=2, hidden_size=32, num_heads=2, patch_size=8, spatial_merge_size=2, temporal_patch_size=2)
+    if version == "2":
+        vision.update(embed_dim=32, mlp_ratio=2)
+    else:  # windows of 2 x 2 merged cells; block 1 attends fully
+        vision.update(intermediate_size=64, out_hidden_size=32, window_size=32, fullatt_block_indexes=[1])
+    config = config_cls(
+        vision_config=vision,
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
                          rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
@@ -43,7 +52,7 @@ def make_tiny_qwen2_vl(seed: int = 0):
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    model = model_cls(config).eval()
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     return model, processor
