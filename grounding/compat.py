@@ -6,6 +6,9 @@
   (5.x) or one (B, N, D) tensor (4.x).
 * `set_num_additional_image_tokens` / `get_num_additional_image_tokens`: the processor attribute that says
   how many tokens `<image>` expands to beyond the patch count.
+* `merged_generation_config`: the `GenerationConfig` that `generate()` really runs with (its own merge, 5.x).
+* `rope_index_function` / `multimodal_position_ids`: Qwen2-VL-style multimodal rotary positions (M-RoPE) for
+  a forward that runs outside `generate()`, built the way `generate()` builds them (5.x).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AttentionInterface
+from transformers import AttentionInterface, GenerationConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 __all__ = [
@@ -23,6 +26,10 @@ __all__ = [
     "sdpa_attention_forward",
     "image_features_as_list",
     "image_features_like",
+    "merged_generation_config",
+    "rope_index_function",
+    "multimodal_position_ids",
+    "MROPE_MODEL_TYPES",
 ]
 
 TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
@@ -56,3 +63,46 @@ def image_features_like(original: Any, features: list[torch.Tensor]) -> Any:
     else:
         original.pooler_output = type(container)(features) if isinstance(container, (list, tuple)) else features
     return original
+
+
+def merged_generation_config(model, generate_kwargs: dict) -> GenerationConfig:
+    """The config `model.generate(**generate_kwargs)` runs with: a passed `generation_config` (or an empty one), its
+    unset fields filled from `model.generation_config`, then from transformers' global defaults (top_k = 50, ...),
+    then overridden by the kwargs. Uses generate()'s own merge so the two cannot disagree."""
+    kwargs = dict(generate_kwargs)
+    passed = kwargs.pop("generation_config", None)
+    merged, _ = model._prepare_generation_config(passed, **kwargs)
+    return merged
+
+
+MROPE_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+
+
+def rope_index_function(model):
+    """`get_rope_index` of a model with multimodal rotary positions (Qwen2-VL, Qwen2.5-VL), None for 1-D RoPE models.
+
+    Other models with a `get_rope_index` (Qwen3-VL, GLM-4V, ...) lay their positions out differently: refused."""
+    inner = getattr(model, "model", None)
+    function = getattr(inner, "get_rope_index", None) or getattr(model, "get_rope_index", None)
+    if function is None:
+        return None
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in MROPE_MODEL_TYPES:
+        raise NotImplementedError(
+            f"{type(model).__name__} (model_type={model_type!r}) uses multimodal rotary positions (get_rope_index); "
+            f"a separate guidance branch builds them only for {', '.join(MROPE_MODEL_TYPES)}. Use "
+            "GuidanceConfig(branches='joint') with greedy decoding, where generate() builds the positions itself.")
+    return function
+
+
+def multimodal_position_ids(get_rope_index, inputs: dict, text_positions: torch.Tensor) -> torch.Tensor:
+    """(4, B, T) position ids [text; temporal; height; width], as Qwen2-VL's `generate()` builds them for its prefill.
+
+    inputs: what the processor returned (input_ids, attention_mask, mm_token_type_ids, image_grid_thw, ...);
+    text_positions: (B, T) 1-D positions from the attention mask. Decoding steps add 1 to the last column."""
+    if inputs.get("mm_token_type_ids") is None:
+        raise ValueError("the processor returned no mm_token_type_ids: multimodal rotary positions need them "
+                         "(call the model's own processor with return_mm_token_type_ids=True)")
+    others = {k: v for k, v in inputs.items() if k != "input_ids"}
+    vision, _ = get_rope_index(inputs["input_ids"], **others)  # (3, B, T)
+    return torch.cat([text_positions[None], vision.to(text_positions.device, text_positions.dtype)], dim=0)

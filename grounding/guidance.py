@@ -20,8 +20,20 @@ Two ways to run the second branch (`GuidanceConfig.branches`):
   a `PairedMixLogitsProcessor` writes the same mixed logits into row i and row i + B, so both take the same
   greedy token and stay in step. At small batch decoding is bound by reading the weights, so one 2B forward
   costs far less than two B forwards. Sampling draws rows independently, so it cannot use this.
-* "auto" (default): joint for greedy, separate for sampling.
+* "auto" (default): joint for greedy, separate for sampling. Greedy or not is read from the config generate()
+  will really run with (the model's generation_config, a passed `generation_config`, then the kwargs), and the
+  joint path checks after generate() that every row i and its branch row i + B took the same tokens.
 `benchmarks/guidance.py` measures both.
+
+Sampling uses the full softmax (top_k = 0, top_p = 1.0 unless the caller sets them; see `grounding.sampling`),
+as the Object-DINO release and VCD do; `ObjectGuidance.generation_settings` records what the last call used.
+
+Models with multimodal rotary positions (Qwen2-VL, Qwen2.5-VL): the separate branch builds its (4, B, T)
+position ids with the model's own `get_rope_index`, as generate() does, and never touches the model's cached
+`rope_deltas` (generate()'s own rows keep theirs). Other `get_rope_index` models are refused on that path.
+
+VCD noise is drawn per image, from a seed derived from the image's pixels and `GuidanceConfig.seed`, so an
+image's noised branch does not depend on what it is batched with.
 """
 
 from __future__ import annotations
@@ -37,12 +49,14 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from .compat import merged_generation_config, multimodal_position_ids, rope_index_function
 from .highlight import diffusion_noise, jet_overlay, red_tint, remove_objects
 from .images import as_pil
 from .object_dino import ObjectDINO, ObjectDINOConfig
+from .sampling import sampling_settings, with_reference_sampling
 
 __all__ = ["GuidanceConfig", "BranchLogitsProcessor", "PairedMixLogitsProcessor", "ObjectGuidance", "highlight_mix",
-           "contrastive_mix", "positions_from_mask", "encode_chat"]
+           "contrastive_mix", "positions_from_mask", "encode_chat", "check_paired_rows", "pixel_blocks"]
 
 QUESTION_TEMPLATES = ("Answer this question based on the image: {prompt}",
                       "Answer this question by looking at the highlighted region: {prompt}")
@@ -64,8 +78,12 @@ def encode_chat(processor, images: Sequence[Image.Image], texts: Sequence[str], 
 
 
 def highlight_mix(alpha: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """alpha z + (1 - alpha) z'; tokens banned in z (-inf from generate()'s own processors) stay banned, and a
+    zero weight drops its term (0 * -inf would be NaN)."""
+
     def mix(original: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        return alpha * original + (1 - alpha) * branch
+        mixed = original if alpha == 1 else alpha * original + (1 - alpha) * branch
+        return mixed.masked_fill(original == -float("inf"), -float("inf"))
 
     return mix
 
@@ -75,7 +93,8 @@ def contrastive_mix(a: float, beta: float) -> Callable[[torch.Tensor, torch.Tens
 
     def mix(original: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         cutoff = log_beta + original.max(dim=-1, keepdim=True).values  # p(v) < beta * max p(v)
-        return ((1 + a) * original - a * branch).masked_fill(original < cutoff, -float("inf"))
+        mixed = original if a == 0 else (1 + a) * original - a * branch  # a = 0: no 0 * -inf NaN
+        return mixed.masked_fill(original < cutoff, -float("inf"))
 
     return mix
 
@@ -91,9 +110,10 @@ class BranchLogitsProcessor(LogitsProcessor):
         self.model = model
         self.branch = dict(branch)
         self.mix = mix
+        self.rope_index = rope_index_function(model)  # None for 1-D RoPE; raises for unsupported M-RoPE models
         self.cache = None
         self.attention_mask: torch.Tensor | None = None
-        self.positions: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None  # (B, 1), or (4, B, 1) with multimodal rotary positions
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -103,9 +123,11 @@ class BranchLogitsProcessor(LogitsProcessor):
                              "and num_return_sequences > 1 are not supported by guided decoding")
         if self.cache is None:
             self.attention_mask = self.branch["attention_mask"]
-            positions = positions_from_mask(self.attention_mask)
+            positions = positions_from_mask(self.attention_mask)  # (B, T')
+            if self.rope_index is not None:
+                positions = multimodal_position_ids(self.rope_index, self.branch, positions)  # (4, B, T')
             out = self.model(**self.branch, position_ids=positions, use_cache=True)
-            self.positions = positions[:, -1:]
+            self.positions = positions[..., -1:]
         else:
             self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(batch, 1)], dim=1)
             self.positions = self.positions + 1
@@ -181,6 +203,7 @@ class ObjectGuidance:
         self._maps: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._pending: dict[int, tuple[dict, weakref.ref]] = {}  # id(input_ids) -> (branch inputs, model)
         self.tower_calls = 0
+        self.generation_settings: dict | None = None  # decoding settings of the last generate() call
 
     # ------------------------------------------------------------------ inputs
     def object_map(self, image: Image.Image) -> torch.Tensor:
@@ -218,17 +241,21 @@ class ObjectGuidance:
         original_texts, branch_texts = self._texts(prompts)
         return pils, original_texts, [self._branch_image(im) for im in pils], branch_texts
 
-    def _noise(self, encoded: dict, rows: slice = slice(None)) -> None:
-        if self.config.mode == "vcd":
-            encoded["pixel_values"][rows] = diffusion_noise(encoded["pixel_values"][rows], self.config.noise_step,
-                                                            seed=self.config.seed)
+    def _noise(self, encoded: dict, images: Sequence[Image.Image], first: int = 0) -> None:
+        """VCD: noise the pixels of images first, first + 1, ... of `encoded` in place, each from its own seed."""
+        if self.config.mode != "vcd":
+            return
+        for offset, image in enumerate(images):
+            for part, block in enumerate(pixel_blocks(encoded, first + offset)):
+                seed = _noise_seed(self.config.seed, _image_key(image), part)
+                block.copy_(diffusion_noise(block, self.config.noise_step, seed=seed))
 
     def prepare(self, model, images: Sequence, prompts: Sequence[str]) -> dict:
         """Main-branch inputs for `model.generate(**inputs, logits_processor=guide.logits_processors(inputs))`."""
         pils, original_texts, branch_images, branch_texts = self._both(images, prompts)
         inputs = encode_chat(self.processor, pils, original_texts, model.device, model.dtype)
         branch = encode_chat(self.processor, branch_images, branch_texts, model.device, model.dtype)
-        self._noise(branch)
+        self._noise(branch, branch_images)
         self._pending[id(inputs["input_ids"])] = (branch, weakref.ref(model))
         return inputs
 
@@ -248,27 +275,89 @@ class ObjectGuidance:
     # ------------------------------------------------------------------ one call
     @torch.no_grad()
     def generate(self, model, images: Sequence, prompts: Sequence[str], **generate_kwargs) -> list[str]:
-        """Guided answers, batched (left padding); extra kwargs go to `model.generate`."""
-        sampling = bool(generate_kwargs.get("do_sample", model.generation_config.do_sample))
+        """Guided answers, batched (left padding); extra kwargs go to `model.generate` (a `logits_processor` list
+        runs after the guidance mix). Sampling uses the full softmax unless top_k / top_p are given."""
+        user_processors = list(generate_kwargs.pop("logits_processor", None) or [])
+        generate_kwargs = with_reference_sampling(model, generate_kwargs)
+        config = merged_generation_config(model, generate_kwargs)
+        if (config.num_beams or 1) > 1 or (config.num_return_sequences or 1) > 1:
+            raise ValueError(f"guided decoding runs one sequence per prompt: num_beams={config.num_beams} and "
+                             f"num_return_sequences={config.num_return_sequences} (beam search) are not supported")
+        sampling = bool(config.do_sample)
         if self.config.branches == "joint" and sampling:
-            raise ValueError("joint branches need greedy decoding; use branches='separate' (or 'auto') to sample")
-        if self.config.branches == "joint" or (self.config.branches == "auto" and not sampling):
-            return self._generate_joint(model, images, prompts, **generate_kwargs)
+            raise ValueError("joint branches need greedy decoding, but this call samples (do_sample=True from the "
+                             "kwargs, a passed generation_config or model.generation_config); use "
+                             "branches='separate' (or 'auto') to sample")
+        joint = self.config.branches == "joint" or (self.config.branches == "auto" and not sampling)
+        self.generation_settings = {**sampling_settings(generate_kwargs, model),
+                                    "branches": "joint" if joint else "separate"}
+        if joint:
+            return self._generate_joint(model, images, prompts, user_processors, **generate_kwargs)
         inputs = self.prepare(model, images, prompts)
         processors = self.logits_processors(inputs)
         try:
-            output = model.generate(**inputs, logits_processor=processors, **generate_kwargs)
+            output = model.generate(**inputs, logits_processor=LogitsProcessorList([*processors, *user_processors]),
+                                    **generate_kwargs)
         finally:
             for processor in processors:
                 processor.release()
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
 
-    def _generate_joint(self, model, images: Sequence, prompts: Sequence[str], **generate_kwargs) -> list[str]:
+    def joint_inputs(self, model, images: Sequence, prompts: Sequence[str]) -> dict:
+        """One 2B batch: rows 0..B-1 the original inputs, rows B..2B-1 their branches."""
         pils, original_texts, branch_images, branch_texts = self._both(images, prompts)
-        batch = len(pils)
         inputs = encode_chat(self.processor, pils + branch_images, original_texts + branch_texts, model.device, model.dtype)
-        self._noise(inputs, slice(batch, None))
-        processors = LogitsProcessorList([PairedMixLogitsProcessor(self.mix())])
+        self._noise(inputs, branch_images, first=len(pils))
+        return inputs
+
+    def _generate_joint(self, model, images: Sequence, prompts: Sequence[str], user_processors: Sequence = (),
+                        **generate_kwargs) -> list[str]:
+        batch = len(images)
+        inputs = self.joint_inputs(model, images, prompts)
+        processors = LogitsProcessorList([PairedMixLogitsProcessor(self.mix()), *user_processors])
         output = model.generate(**inputs, logits_processor=processors, **generate_kwargs)
-        return self.processor.batch_decode(output[:batch, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (2B, S)
+        check_paired_rows(new_tokens, batch)
+        return self.processor.batch_decode(new_tokens[:batch], skip_special_tokens=True)
+
+
+def check_paired_rows(new_tokens: torch.Tensor, batch: int) -> None:
+    """Joint branches: row i and row i + B must hold the same new tokens; raise naming the first row that drifted."""
+    if new_tokens.shape[0] != 2 * batch:
+        raise RuntimeError(f"joint guidance expected {2 * batch} rows back from generate(), got {new_tokens.shape[0]}")
+    differs = new_tokens[:batch] != new_tokens[batch:]  # (B, S)
+    rows = differs.any(-1).nonzero().flatten().tolist()
+    if rows:
+        row = rows[0]
+        step = int(differs[row].nonzero()[0])
+        raise RuntimeError(
+            f"joint guidance: row {row} and its branch row {row + batch} first differ at new token {step} "
+            f"({len(rows)} of {batch} rows drifted), so the answers would not be guided. Something after the mix "
+            "treats the rows differently (sampling, or a row-dependent logits processor); use branches='separate'.")
+
+
+def _noise_seed(seed: int, image_key: str, part: int) -> int:
+    digest = hashlib.sha1(f"{seed}:{image_key}:{part}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: a valid torch seed
+
+
+def pixel_blocks(encoded: dict, index: int) -> list[torch.Tensor]:
+    """Views of image `index`'s pixels in a processor's output, each noised from its own seed.
+
+    (B, C, H, W): one block; (B, P, C, H, W) (LLaVA-NeXT tiles, padded to the batch's most tiles): one block per
+    tile, so an image's real tiles get the same noise whatever the padding; (sum of patches, D) with
+    image_grid_thw (Qwen2-VL): the image's t*h*w patch rows."""
+    pixels = encoded["pixel_values"]
+    grid = encoded.get("image_grid_thw")
+    if grid is not None and pixels.ndim == 2:
+        counts = grid.prod(-1).tolist()
+        start = sum(counts[:index])
+        return [pixels[start : start + counts[index]]]  # (t*h*w, D)
+    if pixels.ndim == 4:
+        return [pixels[index]]  # (C, H, W)
+    if pixels.ndim == 5:
+        return list(pixels[index].unbind(0))  # P x (C, H, W)
+    raise ValueError(f"cannot tell image {index}'s pixels apart in pixel_values of shape {tuple(pixels.shape)}"
+                     f"{' with image_grid_thw' if grid is not None else ''}: VCD noise supports (B, C, H, W), "
+                     "(B, tiles, C, H, W) and Qwen2-VL's (patches, D) + image_grid_thw")

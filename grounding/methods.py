@@ -3,6 +3,10 @@
 A method is built as `factory(tower, processor, **options)` and answers
 `method.generate(model, images, prompts, **generate_kwargs) -> list[str]`. Register new ones with
 `@register_method("name")`; the runner needs no change.
+
+Every built-in method samples from the full softmax unless top_k / top_p are given (`grounding.sampling`), and
+sets `method.generation_settings` to the decoding settings its last generate() call used;
+`sampling_settings(generate_kwargs, model)` gives the same record before a call.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import torch
 
 from .guidance import ObjectGuidance, encode_chat
 from .images import as_pil
+from .sampling import sampling_settings, with_reference_sampling
 
-__all__ = ["METHODS", "register_method", "build_method", "Baseline", "needs_tower"]
+__all__ = ["METHODS", "register_method", "build_method", "Baseline", "needs_tower", "sampling_settings"]
 
 METHODS: dict[str, Callable] = {}
 _NEEDS_TOWER: set[str] = set()
@@ -46,9 +51,12 @@ class Baseline:
 
     def __init__(self, tower=None, processor=None, **_):
         self.processor = processor
+        self.generation_settings: dict | None = None  # decoding settings of the last generate() call
 
     @torch.no_grad()
     def generate(self, model, images: Sequence, prompts: Sequence[str], **generate_kwargs) -> list[str]:
+        generate_kwargs = with_reference_sampling(model, generate_kwargs)
+        self.generation_settings = sampling_settings(generate_kwargs, model)
         inputs = encode_chat(self.processor, [as_pil(i) for i in images], prompts, model.device, model.dtype)
         output = model.generate(**inputs, **generate_kwargs)
         return self.processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

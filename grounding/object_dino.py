@@ -7,7 +7,9 @@ For L layers x H heads and the N patch tokens of each image ([CLS] and registers
 2. head descriptor = column mean of P = mean_f P_f: an N-vector (attention each patch receives);
 3. per image, standardise each of the N dimensions across the L*H heads (population std, zero-variance
    dimensions left unscaled, as scikit-learn's StandardScaler) and k-means them (restarts, fixed seed);
-4. object cluster = the cluster holding the most final-layer heads (lowest cluster index on ties);
+4. object cluster = the cluster holding the most final-layer heads; ties go to the tied cluster met first in
+   (layer, head) order over ALL heads (the release walks its clusters in order of first appearance and keeps
+   a later one only on a strictly larger count), so the result does not depend on k-means' label numbering;
 5. maps: mean descriptor over the selected heads (final layer only, as the released MLLM scripts, or all
    layers), on the (h, w) grid, min-max normalised to m; object score 1 - m, zeroed below `threshold`;
 6. discovery: patch j's feature = row j of S_bar = mean_f S_f, concatenated over the selected heads of all
@@ -29,7 +31,7 @@ from .backbone import TowerOutput
 from .kmeans import kmeans
 from .regions import upsample_maps
 
-__all__ = ["ObjectDINOConfig", "ObjectDINOOutput", "ObjectDINO", "head_descriptors", "standardise"]
+__all__ = ["ObjectDINOConfig", "ObjectDINOOutput", "ObjectDINO", "head_descriptors", "standardise", "object_cluster_of"]
 
 
 @dataclass
@@ -91,6 +93,19 @@ def head_descriptors(out: TowerOutput, facets=("q", "k", "v"), chunk_elements: i
     return result / len(xs)
 
 
+def object_cluster_of(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, L, H) head labels -> (B,) cluster with the most final-layer heads; ties go to the one met first in
+    (layer, head) order."""
+    batch = labels.shape[0]
+    flat = labels.reshape(batch, -1)  # (B, L*H), (layer, head) order
+    members = flat[:, :, None] == torch.arange(k, device=labels.device)  # (B, L*H, k)
+    order = torch.arange(flat.shape[1], device=labels.device)[None, :, None]  # (1, L*H, 1)
+    first_seen = torch.where(members, order, flat.shape[1]).amin(1)  # (B, k)
+    final_counts = members.view(batch, *labels.shape[1:], k)[:, -1].sum(1)  # (B, k)
+    tied = final_counts == final_counts.max(-1, keepdim=True).values  # (B, k)
+    return torch.where(tied, first_seen, flat.shape[1] + 1).argmin(-1)  # (B,)
+
+
 def standardise(x: torch.Tensor) -> torch.Tensor:
     """(B, M, D): zero mean, unit population std per dimension across M; zero-variance dims only centred."""
     centred = x - x.mean(dim=1, keepdim=True)
@@ -117,9 +132,9 @@ class ObjectDINO:
         result = kmeans(standardise(descriptors), cfg.k, cfg.restarts, cfg.max_iter, seed=cfg.seed)
         labels = result.labels.view(batch, layers, heads)  # (B, L, H)
         final_counts = F.one_hot(labels[:, -1], cfg.k).sum(1)  # (B, k)
-        object_cluster = final_counts.argmax(-1)  # (B,)
         if bool((final_counts.max(-1).values == 0).any()):
             raise RuntimeError("no cluster holds a final-layer head")
+        object_cluster = object_cluster_of(labels, cfg.k)  # (B,)
         selected = labels == object_cluster[:, None, None]  # (B, L, H)
         chosen = selected.clone()
         if cfg.map_layers == "final":

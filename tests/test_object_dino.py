@@ -9,7 +9,7 @@ from grounding import ObjectDINO, RegisterViT
 from grounding.capture import find_projections
 from grounding.discovery import discover
 from grounding.kmeans import kmeans
-from grounding.object_dino import head_descriptors, standardise
+from grounding.object_dino import head_descriptors, object_cluster_of, standardise
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +71,47 @@ def test_kmeans_result_does_not_depend_on_batch_mates():
         assert torch.equal(alone.labels[0], together.labels[b])
 
 
+def release_object_cluster(labels: torch.Tensor) -> int:
+    """The released scripts' rule, written as they do it: group heads by cluster in (layer, head) order (dict
+    insertion order = first appearance), then keep a cluster only on a strictly larger final-layer count."""
+    layers = labels.shape[0]
+    clusters: dict[int, dict[int, list[int]]] = {}
+    for layer in range(layers):
+        for head, cid in enumerate(labels[layer].tolist()):
+            clusters.setdefault(cid, {}).setdefault(layer, []).append(head)
+    best, most = None, 0
+    for cid, by_layer in clusters.items():
+        if len(by_layer.get(layers - 1, [])) > most:
+            best, most = cid, len(by_layer[layers - 1])
+    return best
+
+
+def test_object_cluster_ties_go_to_the_cluster_met_first_in_layer_head_order():
+    labels = torch.tensor([
+        [[2, 0, 1, 1], [0, 1, 2, 3]],  # 1-1-1-1 tie in the final layer: cluster 2 appears first (layer 0, head 0)
+        [[3, 3, 1, 1], [1, 3, 0, 0]],  # no tie: 0 holds 2 final heads although 3 and 1 are met earlier
+        [[1, 1, 1, 1], [0, 2, 2, 0]],  # tie 0 vs 2: neither in layer 0; 0 is met first at (1, 0)
+        [[0, 0, 2, 2], [2, 0, 0, 2]],  # tie 0 vs 2: 0 is met first, at (0, 0), although final head 0 is in 2
+    ])  # (B, L, H)
+    got = object_cluster_of(labels, k=4)
+    assert got.tolist() == [2, 0, 0, 0]
+    assert got.tolist() == [release_object_cluster(x) for x in labels]
+    assert object_cluster_of(labels, k=4).tolist() != torch.nn.functional.one_hot(labels[:, -1], 4).sum(1).argmax(
+        -1).tolist()  # the old lowest-index rule picks differently here
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):  # random labellings, many ties
+        x = torch.randint(0, 4, (3, 4), generator=g)
+        assert int(object_cluster_of(x[None], 4)[0]) == release_object_cluster(x)
+
+
 def test_object_cluster_and_map_follow_the_rules(tower_out):
     od = ObjectDINO(k=3, restarts=5)
     result = od(tower_out)
     layers, batch, heads = tower_out.q.shape[:3]
     for b in range(batch):
         final = result.labels[b, -1]
-        counts = torch.bincount(final, minlength=3)
-        assert int(result.object_cluster[b]) == int(counts.argmax())
+        assert int(result.object_cluster[b]) == release_object_cluster(result.labels[b])
+        assert int(torch.bincount(final, minlength=3)[result.object_cluster[b]]) == int(torch.bincount(final).max())
         assert torch.equal(result.selected[b], result.labels[b] == result.object_cluster[b])
         # map: mean descriptor over final-layer selected heads, min-max, 1 - m, zero below 0.6
         chosen = result.selected[b, -1]
