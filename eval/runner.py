@@ -66,17 +66,18 @@ class RunConfig:
 
 def load_vlm(name: str, dtype: str, device: str):
     """An HF image-text-to-text model and its processor, from a hub name or a local directory."""
+    from grounding.weights import missing_weights, resolve_weights
+
+    # a local directory, the cache's snapshot, or the hub id: fails fast (and clearly) when none can be had
+    name = resolve_weights(name, "VLM")
     from huggingface_hub.errors import HFValidationError
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    local = Path(name).expanduser()
-    name = str(local) if local.is_dir() else name
     try:
         processor = AutoProcessor.from_pretrained(name)
         model = AutoModelForImageTextToText.from_pretrained(name, dtype=getattr(torch, dtype)).to(device).eval()
     except (OSError, HFValidationError) as error:
-        raise FileNotFoundError(f"cannot load VLM {name!r} ({type(error).__name__}): pass a local directory, or fill the "
-                                "Hugging Face cache on a machine with network and set HF_HUB_OFFLINE=1") from error
+        raise missing_weights(name, "VLM", f"loading failed ({type(error).__name__}: {error})") from error
     return model, processor
 
 

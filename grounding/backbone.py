@@ -25,16 +25,13 @@ from torch import nn
 
 from .capture import QKVCollector, attention_capture, projection_capture
 from .images import as_pil
+from .weights import WeightsNotFoundError, missing_weights, resolve_weights
 
 __all__ = ["PreprocessConfig", "TowerConfig", "TowerOutput", "RegisterViT", "WeightsNotFoundError"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _HF_TYPES = ("dinov2_with_registers", "dinov2", "dinov3_vit")
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """The checkpoint is neither a local directory nor reachable on the hub."""
 
 
 @dataclass
@@ -127,14 +124,15 @@ def _detect_backend(name: str) -> Literal["hf", "timm"]:
     return "hf"
 
 
-def _missing_weights(name: str, error: Exception) -> WeightsNotFoundError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    return WeightsNotFoundError(
-        f"cannot load grounding tower {name!r}: it is not a local directory and the model hub "
-        f"{'is disabled (HF_HUB_OFFLINE=1)' if offline else 'could not be reached'} ({type(error).__name__}). "
-        f"On a machine with network run `hf download {name} --local-dir DIR` and pass DIR as the model, or put "
-        "the files in the Hugging Face cache (HF_HOME) and set HF_HUB_OFFLINE=1."
-    )
+def _hub_id(name: str) -> str:
+    """The hub id behind a tower name: ``hf-hub:`` prefixes dropped, bare timm names mapped to theirs."""
+    name = name.split(":", 1)[1] if name.startswith(("hf-hub:", "hf_hub:")) else name
+    if "/" not in name and not _is_local(name) and _detect_backend(name) == "timm":
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+        name = cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else name
+    return name
 
 
 class RegisterViT(nn.Module):
@@ -175,7 +173,8 @@ class RegisterViT(nn.Module):
 
     @classmethod
     def from_config(cls, config: TowerConfig) -> RegisterViT:
-        name = str(Path(config.model).expanduser()) if _is_local(config.model) else config.model
+        # a local directory, the cache's snapshot, or the hub id: fails fast (and clearly) when none can be had
+        name = resolve_weights(_hub_id(config.model), "grounding tower")
         backend = _detect_backend(name)
         if backend == "timm":
             return cls._load_timm(name, config)
@@ -185,7 +184,7 @@ class RegisterViT(nn.Module):
         try:
             hf_config = AutoConfig.from_pretrained(name)
         except (OSError, HFValidationError, ValueError) as error:
-            raise _missing_weights(name, error) from error
+            raise missing_weights(name, "grounding tower", f"loading failed ({type(error).__name__}: {error})") from error
         if hf_config.model_type not in _HF_TYPES:
             raise ValueError(f"{name} is a {hf_config.model_type!r} model; RegisterViT supports {_HF_TYPES}")
         model = AutoModel.from_pretrained(name, attn_implementation="sdpa", dtype=torch.float32)
@@ -201,14 +200,14 @@ class RegisterViT(nn.Module):
         import timm
 
         source = f"local-dir:{name}" if _is_local(name) else name
-        if source.startswith("timm/"):
+        if "/" in name and not _is_local(name):  # a hub id
             source = "hf-hub:" + source
         try:
             model = timm.create_model(source, pretrained=True, dynamic_img_size=True)
         except (OSError, RuntimeError) as error:
             if isinstance(error, RuntimeError) and "Unknown model" in str(error):
                 raise
-            raise _missing_weights(name, error) from error
+            raise missing_weights(name, "grounding tower", f"loading failed ({type(error).__name__}: {error})") from error
         cfg = model.pretrained_cfg
         return cls(model, config, "timm", cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
 
