@@ -53,6 +53,7 @@ class RunConfig:
     seed: int = 0
     dtype: str = "float32"
     device: str | None = None
+    max_image_side: int | None = 2048  # photos are decoded at no more than this (None: full size)
     method_options: dict = field(default_factory=dict)  # {method name: {option: value}}
 
     def __post_init__(self):
@@ -133,7 +134,7 @@ def run_methods(config: RunConfig, items: Sequence[Item], task: str,
             good, images = [], []
             for item in batch:
                 try:
-                    images.append(load_image(item.image))
+                    images.append(load_image(item.image, max_side=config.max_image_side))
                     good.append(item)
                 except ImageError as error:
                     log.warning("skipping %s: %s", item.key, error)

@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 from .capture import QKVCollector, attention_capture, projection_capture
-from .images import as_pil
+from .images import as_pil, load_image, original_size
 from .weights import WeightsNotFoundError, missing_weights, resolve_weights
 
 __all__ = ["PreprocessConfig", "TowerConfig", "TowerOutput", "RegisterViT", "WeightsNotFoundError"]
@@ -231,10 +231,28 @@ class RegisterViT(nn.Module):
             h, w = math.ceil(h * up), math.ceil(w * up)
         return (h, w), (math.ceil(h / p) * p, math.ceil(w / p) * p)
 
+    @property
+    def max_input_side(self) -> int:
+        """The longest image side the tower ever feeds: decode images at no more than this (`load_image`)."""
+        pre = self.config.preprocess
+        return max([pre.max_side, *(pre.size or ())])
+
+    def _open(self, image) -> tuple[Image.Image, tuple[int, int]]:
+        """A PIL image and the (H, W) its boxes and maps refer to. A path is decoded at no more than
+        `max_input_side` and reported in the file's pixels; any other input in its own pixels."""
+        if isinstance(image, (str, os.PathLike)):
+            pil = load_image(image, max_side=self.max_input_side)
+            width, height = original_size(pil)
+            return pil, (height, width)
+        pil = as_pil(image)
+        return pil, (pil.height, pil.width)
+
     def preprocess(self, images: Sequence) -> tuple[torch.Tensor, list[tuple[int, int]], torch.Tensor]:
         """Images -> (B, 3, H, W) normalised pixels, original (H, W) sizes, (B, 2) pixels per patch (x, y)."""
-        pils = [as_pil(image) for image in images]
-        geometries = [self.input_geometry(im.height, im.width) for im in pils]
+        opened = [self._open(image) for image in images]
+        pils = [pil for pil, _ in opened]
+        sizes = [size for _, size in opened]
+        geometries = [self.input_geometry(height, width) for height, width in sizes]
         input_sizes = {g[1] for g in geometries}
         if len(input_sizes) > 1:
             raise ValueError(
@@ -245,12 +263,12 @@ class RegisterViT(nn.Module):
         batch = torch.zeros(len(pils), 3, in_h, in_w)
         scales = torch.zeros(len(pils), 2)
         mean, std = self.mean[0].cpu().float(), self.std[0].cpu().float()  # (3, 1, 1)
-        for i, (image, ((h, w), _)) in enumerate(zip(pils, geometries)):
+        for i, (image, (height, width), ((h, w), _)) in enumerate(zip(pils, sizes, geometries)):
             resized = image if (image.height, image.width) == (h, w) else image.resize((w, h), Image.BICUBIC)
             pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, h, w)
             batch[i, :, :h, :w] = (pixels - mean) / std
-            scales[i] = torch.tensor([image.width / w * self.patch_size, image.height / h * self.patch_size])
-        return batch, [(im.height, im.width) for im in pils], scales
+            scales[i] = torch.tensor([width / w * self.patch_size, height / h * self.patch_size])
+        return batch, sizes, scales
 
     # ------------------------------------------------------------------ forward
     def _capture_mode(self) -> Literal["attention", "projection"]:
