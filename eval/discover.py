@@ -1,5 +1,9 @@
 """The discovery loop behind `grounding discover` and `grounding eval corloc`: one image at a time (aspect kept),
 one JSONL record per image appended as it is produced, masks and overlays as PNG, resumable, with a progress bar.
+
+Images are decoded at no more than the tower's largest input side, so a huge photo costs no more memory than
+a normal one: boxes and `image_size` in the records are in the file's pixels; the mask and overlay pictures of
+an image larger than that side are saved at the reduced size.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from tqdm.auto import tqdm
 
 from grounding.backbone import RegisterViT
 from grounding.discovery import discover
-from grounding.images import ImageError, load_image
+from grounding.images import ImageError, load_image, original_size, to_original_pixels
 from grounding.object_dino import ObjectDINO
 from grounding.regions import upsample_maps
 from grounding.viz import draw_boxes, overlay
@@ -69,14 +73,14 @@ def run_discovery(tower: RegisterViT, method: str, jobs: Sequence[DiscoveryJob],
     for job in tqdm(todo, desc=f"discover {method}", unit="img", disable=not progress):
         record: dict = {"image": job.key, "method": method}
         try:
-            image = load_image(job.path)
+            image = load_image(job.path, max_side=tower.max_input_side)
             out = tower([image])
             found = discover(method, out, **options)
-            box = found.boxes[0]
-            record.update(box=[round(float(v), 2) for v in box], map_size=list(out.grid),
-                          image_size=[image.height, image.width])
+            box = to_original_pixels(found.boxes[0], image)  # (4,) file pixels
+            width, height = original_size(image)
+            record.update(box=[round(float(v), 2) for v in box], map_size=list(out.grid), image_size=[height, width])
             if pictures:
-                _save_pictures(out_dir, job.key, image, found.masks[0], out, box)
+                _save_pictures(out_dir, job.key, image, found.masks[0], out, found.boxes[0])
         except ImageError as error:
             log.warning("skipping %s: %s", job.key, error)
             record.update(error=str(error))

@@ -30,6 +30,8 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default=None, help="default: accelerate's device for this process")
+    parser.add_argument("--max-image-side", type=int, default=2048,
+                        help="decode photos at no more than this many pixels on the longer side (0: full size)")
     parser.add_argument("--method-options", default=None, help='JSON, e.g. \'{"highlight": {"alpha": 0.4}}\'')
 
 
@@ -57,7 +59,7 @@ def run_config_from_args(args):
     return RunConfig(model=args.model, methods=args.methods, out=args.out, tower=args.tower,
                      tower_short_side=args.tower_short_side, batch_size=args.batch_size,
                      max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-                     seed=args.seed, dtype=args.dtype, device=args.device,
+                     seed=args.seed, dtype=args.dtype, device=args.device, max_image_side=args.max_image_side or None,
                      method_options=json.loads(args.method_options) if args.method_options else {})
 
 

@@ -7,10 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from grounding.viz import new_figure
 
 __all__ = ["write_report", "load_runs"]
 
@@ -40,7 +37,8 @@ def _table(rows: list[tuple[str, str, dict]], keys: tuple[str, ...]) -> list[str
 
 
 def _bars(rows, keys, path: Path, title: str) -> None:
-    figure, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    figure = new_figure(figsize=(4 * len(keys), 3.2))
+    axes = figure.subplots(1, len(keys), squeeze=False)
     labels = [f"{run}\n{method}" for run, method, _ in rows]
     for axis, key in zip(axes[0], keys):
         axis.bar(range(len(rows)), [m[key] for _, _, m in rows], color="#007aff")
@@ -49,7 +47,6 @@ def _bars(rows, keys, path: Path, title: str) -> None:
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def write_report(folders: list[str | Path], out_dir: str | Path) -> Path:
@@ -64,7 +61,8 @@ def write_report(folders: list[str | Path], out_dir: str | Path) -> Path:
         _bars(pope, ("accuracy", "f1", "yes_ratio"), out_dir / "pope.png", "POPE (yes-ratio: of the predictions)")
     if chair:
         lines += ["## CHAIR", "", *_table(chair, CHAIR_KEYS), "", "![CHAIR](chair.png)", ""]
-        figure, axis = plt.subplots(figsize=(4.5, 3.5))
+        figure = new_figure(figsize=(4.5, 3.5))
+        axis = figure.subplots()
         for run, method, metrics in chair:
             axis.scatter(metrics["recall"], metrics["chair_i"])
             axis.annotate(f"{run}/{method}", (metrics["recall"], metrics["chair_i"]), fontsize=7)
@@ -72,7 +70,6 @@ def write_report(folders: list[str | Path], out_dir: str | Path) -> Path:
         axis.set_ylabel("CHAIR_i (lower is better)")
         figure.tight_layout()
         figure.savefig(out_dir / "chair.png", dpi=120)
-        plt.close(figure)
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report

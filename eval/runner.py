@@ -54,6 +54,7 @@ class RunConfig:
     seed: int = 0
     dtype: str = "float32"
     device: str | None = None
+    max_image_side: int | None = 2048  # photos are decoded at no more than this (None: full size)
     method_options: dict = field(default_factory=dict)  # {method name: {option: value}}
 
     def __post_init__(self):
@@ -67,17 +68,18 @@ class RunConfig:
 
 def load_vlm(name: str, dtype: str, device: str):
     """An HF image-text-to-text model and its processor, from a hub name or a local directory."""
+    from grounding.weights import missing_weights, resolve_weights
+
+    # a local directory, the cache's snapshot, or the hub id: fails fast (and clearly) when none can be had
+    name = resolve_weights(name, "VLM")
     from huggingface_hub.errors import HFValidationError
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    local = Path(name).expanduser()
-    name = str(local) if local.is_dir() else name
     try:
         processor = AutoProcessor.from_pretrained(name)
         model = AutoModelForImageTextToText.from_pretrained(name, dtype=getattr(torch, dtype)).to(device).eval()
     except (OSError, HFValidationError) as error:
-        raise FileNotFoundError(f"cannot load VLM {name!r} ({type(error).__name__}): pass a local directory, or fill the "
-                                "Hugging Face cache on a machine with network and set HF_HUB_OFFLINE=1") from error
+        raise missing_weights(name, "VLM", f"loading failed ({type(error).__name__}: {error})") from error
     return model, processor
 
 
@@ -105,7 +107,7 @@ def _generate_all(method, model, todo: list[Item], own: JsonlLog, config: RunCon
         good, images = [], []
         for item in batch:
             try:
-                images.append(load_image(item.image))
+                images.append(load_image(item.image, max_side=config.max_image_side))
                 good.append(item)
             except ImageError as error:
                 log.warning("skipping %s: %s", item.key, error)

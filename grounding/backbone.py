@@ -24,17 +24,14 @@ from PIL import Image
 from torch import nn
 
 from .capture import QKVCollector, attention_capture, projection_capture
-from .images import as_pil
+from .images import as_pil, load_image, original_size
+from .weights import WeightsNotFoundError, missing_weights, resolve_weights
 
 __all__ = ["PreprocessConfig", "TowerConfig", "TowerOutput", "RegisterViT", "WeightsNotFoundError"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _HF_TYPES = ("dinov2_with_registers", "dinov2", "dinov3_vit")
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """The checkpoint is neither a local directory nor reachable on the hub."""
 
 
 @dataclass
@@ -127,14 +124,15 @@ def _detect_backend(name: str) -> Literal["hf", "timm"]:
     return "hf"
 
 
-def _missing_weights(name: str, error: Exception) -> WeightsNotFoundError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    return WeightsNotFoundError(
-        f"cannot load grounding tower {name!r}: it is not a local directory and the model hub "
-        f"{'is disabled (HF_HUB_OFFLINE=1)' if offline else 'could not be reached'} ({type(error).__name__}). "
-        f"On a machine with network run `hf download {name} --local-dir DIR` and pass DIR as the model, or put "
-        "the files in the Hugging Face cache (HF_HOME) and set HF_HUB_OFFLINE=1."
-    )
+def _hub_id(name: str) -> str:
+    """The hub id behind a tower name: ``hf-hub:`` prefixes dropped, bare timm names mapped to theirs."""
+    name = name.split(":", 1)[1] if name.startswith(("hf-hub:", "hf_hub:")) else name
+    if "/" not in name and not _is_local(name) and _detect_backend(name) == "timm":
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+        name = cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else name
+    return name
 
 
 class RegisterViT(nn.Module):
@@ -175,7 +173,8 @@ class RegisterViT(nn.Module):
 
     @classmethod
     def from_config(cls, config: TowerConfig) -> RegisterViT:
-        name = str(Path(config.model).expanduser()) if _is_local(config.model) else config.model
+        # a local directory, the cache's snapshot, or the hub id: fails fast (and clearly) when none can be had
+        name = resolve_weights(_hub_id(config.model), "grounding tower")
         backend = _detect_backend(name)
         if backend == "timm":
             return cls._load_timm(name, config)
@@ -185,7 +184,7 @@ class RegisterViT(nn.Module):
         try:
             hf_config = AutoConfig.from_pretrained(name)
         except (OSError, HFValidationError, ValueError) as error:
-            raise _missing_weights(name, error) from error
+            raise missing_weights(name, "grounding tower", f"loading failed ({type(error).__name__}: {error})") from error
         if hf_config.model_type not in _HF_TYPES:
             raise ValueError(f"{name} is a {hf_config.model_type!r} model; RegisterViT supports {_HF_TYPES}")
         model = AutoModel.from_pretrained(name, attn_implementation="sdpa", dtype=torch.float32)
@@ -201,14 +200,14 @@ class RegisterViT(nn.Module):
         import timm
 
         source = f"local-dir:{name}" if _is_local(name) else name
-        if source.startswith("timm/"):
+        if "/" in name and not _is_local(name):  # a hub id
             source = "hf-hub:" + source
         try:
             model = timm.create_model(source, pretrained=True, dynamic_img_size=True)
         except (OSError, RuntimeError) as error:
             if isinstance(error, RuntimeError) and "Unknown model" in str(error):
                 raise
-            raise _missing_weights(name, error) from error
+            raise missing_weights(name, "grounding tower", f"loading failed ({type(error).__name__}: {error})") from error
         cfg = model.pretrained_cfg
         return cls(model, config, "timm", cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
 
@@ -232,10 +231,28 @@ class RegisterViT(nn.Module):
             h, w = math.ceil(h * up), math.ceil(w * up)
         return (h, w), (math.ceil(h / p) * p, math.ceil(w / p) * p)
 
+    @property
+    def max_input_side(self) -> int:
+        """The longest image side the tower ever feeds: decode images at no more than this (`load_image`)."""
+        pre = self.config.preprocess
+        return max([pre.max_side, *(pre.size or ())])
+
+    def _open(self, image) -> tuple[Image.Image, tuple[int, int]]:
+        """A PIL image and the (H, W) its boxes and maps refer to. A path is decoded at no more than
+        `max_input_side` and reported in the file's pixels; any other input in its own pixels."""
+        if isinstance(image, (str, os.PathLike)):
+            pil = load_image(image, max_side=self.max_input_side)
+            width, height = original_size(pil)
+            return pil, (height, width)
+        pil = as_pil(image)
+        return pil, (pil.height, pil.width)
+
     def preprocess(self, images: Sequence) -> tuple[torch.Tensor, list[tuple[int, int]], torch.Tensor]:
         """Images -> (B, 3, H, W) normalised pixels, original (H, W) sizes, (B, 2) pixels per patch (x, y)."""
-        pils = [as_pil(image) for image in images]
-        geometries = [self.input_geometry(im.height, im.width) for im in pils]
+        opened = [self._open(image) for image in images]
+        pils = [pil for pil, _ in opened]
+        sizes = [size for _, size in opened]
+        geometries = [self.input_geometry(height, width) for height, width in sizes]
         input_sizes = {g[1] for g in geometries}
         if len(input_sizes) > 1:
             raise ValueError(
@@ -246,12 +263,12 @@ class RegisterViT(nn.Module):
         batch = torch.zeros(len(pils), 3, in_h, in_w)
         scales = torch.zeros(len(pils), 2)
         mean, std = self.mean[0].cpu().float(), self.std[0].cpu().float()  # (3, 1, 1)
-        for i, (image, ((h, w), _)) in enumerate(zip(pils, geometries)):
+        for i, (image, (height, width), ((h, w), _)) in enumerate(zip(pils, sizes, geometries)):
             resized = image if (image.height, image.width) == (h, w) else image.resize((w, h), Image.BICUBIC)
             pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, h, w)
             batch[i, :, :h, :w] = (pixels - mean) / std
-            scales[i] = torch.tensor([image.width / w * self.patch_size, image.height / h * self.patch_size])
-        return batch, [(im.height, im.width) for im in pils], scales
+            scales[i] = torch.tensor([width / w * self.patch_size, height / h * self.patch_size])
+        return batch, sizes, scales
 
     # ------------------------------------------------------------------ forward
     def _capture_mode(self) -> Literal["attention", "projection"]:

@@ -62,12 +62,21 @@ def _capturing_sdpa(module, query, key, value, attention_mask, **kwargs):
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-register_attention_function(CAPTURE_ATTENTION_NAME, _capturing_sdpa)
+_REGISTERED = False
+
+
+def _register() -> None:
+    """Register the capturing sdpa with transformers once, on first use (never at import)."""
+    global _REGISTERED
+    if not _REGISTERED:
+        register_attention_function(CAPTURE_ATTENTION_NAME, _capturing_sdpa)
+        _REGISTERED = True
 
 
 @contextlib.contextmanager
 def attention_capture(model: nn.Module, collector: QKVCollector) -> Iterator[QKVCollector]:
     """Route `model`'s attention through the capturing sdpa for the duration of the block."""
+    _register()
     previous = model.config._attn_implementation
     model.set_attn_implementation(CAPTURE_ATTENTION_NAME)
     token = _ACTIVE.set(collector)

@@ -13,12 +13,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
 
 import torch
-import transformers
-from transformers import AttentionInterface, GenerationConfig
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig
 
 __all__ = [
     "TRANSFORMERS_MAJOR",
@@ -32,12 +33,21 @@ __all__ = [
     "MROPE_MODEL_TYPES",
 ]
 
-TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+TRANSFORMERS_MAJOR = int(version("transformers").split(".")[0])  # from the metadata: no transformers import
 
 
 def register_attention_function(name: str, function) -> None:
     """Add a new named attention function (does not replace any existing one)."""
+    from transformers import AttentionInterface
+
     AttentionInterface.register(name, function)
+
+
+def sdpa_attention_forward(*args, **kwargs):
+    """transformers' own sdpa attention function (imported on first call: transformers is slow to import)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward as forward
+
+    return forward(*args, **kwargs)
 
 
 def image_features_as_list(output: Any) -> list[torch.Tensor]:

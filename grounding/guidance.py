@@ -6,7 +6,7 @@ then feeds one token per step, and mixes the branch's next-token logits into gen
 processors run before generate()'s sampling warpers, so the mix is on raw logits for greedy and sampling alike.
 
 Modes (`GuidanceConfig.mode`):
-* "highlight" (Object-DINO, METHOD.md section 2 step 8): branch = the image with its objects highlighted (red
+* "highlight" (Object-DINO; docs/method.md, section 3): branch = the image with its objects highlighted (red
   tint for questions, jet overlay for captions) and a prompt that refers to the highlighted region;
   z = alpha * z_orig + (1 - alpha) * z_high.
 * "masked-contrast" (object-masked VCD): branch = the image with its objects removed (mean fill or blur);

@@ -1,7 +1,7 @@
 """Image edits that make the second decoding branch, all in memory (no files written).
 
 * `red_tint` (POPE questions): where the upsampled object map v > 0.5, blend towards pure red with
-  alpha = clip((v - 0.5) / 0.5, 0, 1) * 0.6 (METHOD.md section 2, step 8).
+  alpha = clip((v - 0.5) / 0.5, 0, 1) * 0.6 (docs/method.md, section 3).
 * `jet_overlay` (captions): jet colormap of the map blended over the whole image with alpha 0.5.
 * `remove_objects` (object-masked contrastive decoding): pixels where the map > threshold replaced by the
   image mean colour or a strong blur.

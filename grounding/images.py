@@ -3,6 +3,11 @@
 Handles grayscale ("L", "1"), palette ("P"), RGBA/LA (composited on white), 16-bit and 32-bit integer or float
 images ("I;16", "I", "F": min-max scaled to 8 bit), CMYK, EXIF rotation, truncated or corrupt files and
 decompression bombs (PIL's own guard, reported with the file name).
+
+Big files: `load_image(path, max_side=...)` decodes at the size the caller needs, so memory does not grow with
+the file's resolution (JPEG: the decoder's DCT scaling via `Image.draft`, the full raster is never built; other
+formats: decoded, then `Image.reduce`d by an integer factor before anything else). Such an image remembers the
+file's size: `original_size(image)`, and `to_original_pixels` maps boxes on it back to the file's pixels.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageError", "load_image", "to_rgb", "as_pil"]
+__all__ = ["ImageError", "load_image", "to_rgb", "as_pil", "original_size", "to_original_pixels"]
+
+ORIGINAL_SIZE = "original_size"  # image.info key: the file's (width, height) when decoded smaller
 
 
 class ImageError(ValueError):
@@ -40,16 +47,42 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open `path` as an 8-bit RGB image with EXIF orientation applied; raise `ImageError` naming the file."""
+def _fit(width: int, height: int, max_side: int) -> tuple[int, int]:
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def load_image(path: str | Path, max_side: int | None = None) -> Image.Image:
+    """Open `path` as an 8-bit RGB image with EXIF orientation applied; raise `ImageError` naming the file.
+
+    max_side: when the longer side is above it, decode at reduced size and resize to fit it (aspect kept); the
+    returned image's ``info["original_size"]`` is then the file's (width, height) after EXIF rotation.
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"image file not found: {path}")
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side must be >= 1, got {max_side}")
     try:
         with Image.open(path) as handle:
+            width, height = handle.size  # as stored, before EXIF rotation
+            target = _fit(width, height, max_side) if max_side is not None and max(width, height) > max_side else None
+            if target is not None:
+                handle.draft("RGB" if handle.mode == "RGB" else None, target)  # JPEG: DCT scaling, >= target
             handle.load()
-            image = ImageOps.exif_transpose(handle) or handle
+            image = handle
+            if target is not None:
+                factor = min(image.width // target[0], image.height // target[1])
+                if factor >= 2 and image.mode in ("L", "LA", "RGB", "RGBA", "I", "F", "CMYK", "PA"):
+                    image = image.reduce(factor)  # box average; the only full-size raster is the decoded file
+            rotated = handle.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+            image = ImageOps.exif_transpose(image) or image
             image = to_rgb(image)
+            if target is not None:
+                size = target[::-1] if rotated else target
+                if image.size != size:
+                    image = image.resize(size, Image.BICUBIC)
+                image.info[ORIGINAL_SIZE] = (height, width) if rotated else (width, height)
     except ImageError as error:
         raise ImageError(f"{path}: {error}") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
@@ -57,6 +90,20 @@ def load_image(path: str | Path) -> Image.Image:
     if min(image.size) < 1:
         raise ImageError(f"image {path} is empty ({image.size[0]}x{image.size[1]})")
     return image
+
+
+def original_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the file the image was decoded from (its own size unless `load_image` reduced it)."""
+    return tuple(image.info.get(ORIGINAL_SIZE, image.size))
+
+
+def to_original_pixels(boxes: torch.Tensor, image: Image.Image) -> torch.Tensor:
+    """(..., 4) [x0, y0, x1, y1] boxes in the pixels of `image` -> pixels of the file it was decoded from."""
+    width, height = original_size(image)
+    if (width, height) == image.size:
+        return boxes
+    scale = torch.tensor([width / image.width, height / image.height] * 2, dtype=boxes.dtype, device=boxes.device)
+    return boxes * scale
 
 
 def as_pil(image: Image.Image | np.ndarray | torch.Tensor | str | Path) -> Image.Image:

@@ -1,21 +1,19 @@
 """Pictures: map overlays with boxes, token-norm histograms per layer, head-cluster grids, prefix attention.
 
-Everything returns PIL images or matplotlib figures in memory; callers decide where (and whether) to save.
+Everything returns PIL images in memory; callers decide where (and whether) to save. Figures are drawn with
+matplotlib's object API (`Figure` on an Agg canvas), so the user's pyplot backend is never touched, and
+matplotlib is imported on first use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
-__all__ = ["overlay", "draw_boxes", "norm_histograms", "head_cluster_grid", "figure_to_image"]
+__all__ = ["overlay", "draw_boxes", "norm_histograms", "head_cluster_grid", "figure_to_image", "new_figure"]
 
 BOX_COLOURS = ["#ff3b30", "#34c759", "#007aff", "#ffcc00", "#af52de", "#ff9500", "#5ac8fa", "#ff2d55"]
 
@@ -25,7 +23,9 @@ def overlay(image: Image.Image, heat: torch.Tensor | np.ndarray, alpha: float = 
     heat = heat.detach().cpu().numpy() if isinstance(heat, torch.Tensor) else np.asarray(heat)
     if heat.shape != (image.height, image.width):
         heat = np.asarray(Image.fromarray(heat.astype(np.float32)).resize(image.size, Image.BILINEAR))
-    colours = plt.get_cmap(cmap)(np.clip(heat, 0, 1))[..., :3]  # (H, W, 3)
+    from matplotlib import colormaps
+
+    colours = colormaps[cmap](np.clip(heat, 0, 1))[..., :3]  # (H, W, 3)
     base = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     mixed = (1 - alpha) * base + alpha * colours
     return Image.fromarray((mixed * 255).round().astype(np.uint8))
@@ -43,11 +43,20 @@ def draw_boxes(image: Image.Image, boxes: Sequence[Sequence[float]], labels: Seq
     return out
 
 
+def new_figure(**kwargs):
+    """A matplotlib `Figure` on its own Agg canvas (no pyplot, no backend switch, nothing global to close)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(**kwargs)
+    FigureCanvasAgg(figure)
+    return figure
+
+
 def figure_to_image(figure) -> Image.Image:
+    """Render a `new_figure` figure to an RGB PIL image."""
     figure.canvas.draw()
-    image = Image.fromarray(np.asarray(figure.canvas.buffer_rgba())[..., :3].copy())
-    plt.close(figure)
-    return image
+    return Image.fromarray(np.asarray(figure.canvas.buffer_rgba())[..., :3].copy())
 
 
 def norm_histograms(norms: torch.Tensor, thresholds: torch.Tensor | None = None, title: str = "") -> Image.Image:
@@ -55,7 +64,8 @@ def norm_histograms(norms: torch.Tensor, thresholds: torch.Tensor | None = None,
     layers = norms.shape[0]
     cols = min(layers, 5)
     rows = -(-layers // cols)
-    figure, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.2 * rows), squeeze=False)
+    figure = new_figure(figsize=(3 * cols, 2.2 * rows))
+    axes = figure.subplots(rows, cols, squeeze=False)
     for i, axis in enumerate(axes.flat):
         if i >= layers:
             axis.axis("off")
@@ -74,7 +84,8 @@ def head_cluster_grid(labels: torch.Tensor, object_cluster: int, title: str = ""
     """(L, H) head cluster labels -> a coloured grid, object-cluster heads marked with a dot."""
     labels = labels.cpu().numpy()
     layers, heads = labels.shape
-    figure, axis = plt.subplots(figsize=(0.35 * heads + 1.5, 0.3 * layers + 1))
+    figure = new_figure(figsize=(0.35 * heads + 1.5, 0.3 * layers + 1))
+    axis = figure.subplots()
     axis.imshow(labels, cmap="tab20", aspect="auto", interpolation="nearest")
     ys, xs = np.nonzero(labels == object_cluster)
     axis.scatter(xs, ys, c="black", s=10)

@@ -70,7 +70,10 @@ def test_fit_resume_and_export(setup, tmp_path):
 
     from lightning_modules.cli import make_cli
 
+    # no logger and no callbacks: Lightning's default ModelCheckpoint and the CLI's config.yaml go to
+    # default_root_dir (the cwd when unset), so point it at tmp_path
     cli = make_cli(["--config", str(root / "config.yaml"), "--trainer.logger=false", "--trainer.callbacks=null",
+                    f"--trainer.default_root_dir={tmp_path / 'resume'}",
                     f"--model.export_dir={tmp_path / 'adapter2'}"], run=False)
     cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(root / "ckpt" / "step=3.ckpt"))
     resumed = cli.model.trainable_state_dict()
@@ -78,6 +81,8 @@ def test_fit_resume_and_export(setup, tmp_path):
     for key, value in final["state_dict"].items():
         torch.testing.assert_close(resumed[key], value, rtol=1e-5, atol=1e-6)
     assert cli.datamodule.skipped == 2  # the missing image's records (one object: one yes, one no)
+    assert (tmp_path / "resume" / "config.yaml").exists()
+    assert list((tmp_path / "resume" / "checkpoints").glob("*.ckpt"))
 
     # the exported adapter (from the uninterrupted CLI run) reloads onto a stock model with identical outputs
     from peft import PeftModel
@@ -101,12 +106,13 @@ def test_fit_resume_and_export(setup, tmp_path):
     assert Path(root / "adapter" / "lora" / "adapter_model.safetensors").exists()
 
 
-def test_every_train_yaml_validates():
+def test_every_train_yaml_validates(tmp_path):
     from lightning_modules.cli import make_cli
 
     for path in sorted(Path(__file__).parents[1].glob("configs/train/*.yaml")):
         cli = make_cli(["--config", str(path), "--trainer.accelerator=cpu", "--trainer.devices=1",
-                        "--trainer.precision=32-true", "--trainer.logger=false"], run=False)
+                        "--trainer.precision=32-true", "--trainer.logger=false",
+                        f"--trainer.default_root_dir={tmp_path / path.stem}"], run=False)
         regions = cli.model.regions_config
         assert regions.num_regions >= 0 and cli.model.hparams.lora_r > 0, path
         assert cli.datamodule.hparams.batch_size >= 1, path

@@ -1,0 +1,104 @@
+"""Where a model's weights come from - a local directory, the Hugging Face cache or the hub - decided before
+loading, so that a missing directory or an unreachable hub gives one clear error in seconds instead of
+minutes of download retries.
+
+`resolve_weights(name, what)` returns what to pass to `from_pretrained`:
+
+* an existing local directory: that directory (it must hold a config.json);
+* something that can only be a path (absolute, ``~``, ``./``, more than one ``/``, not a valid hub id) but is
+  not a directory: `WeightsNotFoundError` "no such directory: PATH";
+* a hub id with HF_HUB_OFFLINE set: its cached snapshot directory, or `WeightsNotFoundError`;
+* a hub id otherwise: one quick request to the hub endpoint (`timeout` seconds, no retries). Reachable: the
+  hub id (transformers downloads or refreshes as usual). Unreachable: the cached snapshot directory if there
+  is one, else `WeightsNotFoundError` naming the model and how to supply it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["WeightsNotFoundError", "resolve_weights", "hub_reachable", "cached_snapshot", "missing_weights"]
+
+_TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of boolean environment variables
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """The checkpoint is neither a local directory nor available from the hub or its cache."""
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").upper() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _is_hub_id(name: str) -> bool:
+    if name.startswith(("/", "~", ".", "\\")) or name.count("/") > 1 or os.path.isabs(name):
+        return False
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The cache's snapshot directory of `repo_id` (revision main) if its config.json is cached, else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One request to the hub endpoint (HF_ENDPOINT) without retries: any HTTP answer counts as reachable."""
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:  # connection refused, DNS failure, timeout, proxy error: the transport's own error types
+        return False
+    return True
+
+
+def missing_weights(name: str, what: str, reason: str) -> WeightsNotFoundError:
+    """The one error for weights that cannot be had: names the model, why, and how to supply it."""
+    if Path(name).is_dir():
+        return WeightsNotFoundError(f"cannot load {what} from {name}: {reason}. The directory must hold a complete "
+                                    "checkpoint (config.json, the weights and, for a VLM, the processor files).")
+    return WeightsNotFoundError(
+        f"cannot load {what} {name!r}: {reason}. On a machine with network run `hf download {name} --local-dir DIR` "
+        "and pass DIR as the model, or fill the Hugging Face cache (HF_HOME) there, copy it here and set "
+        "HF_HUB_OFFLINE=1."
+    )
+
+
+def resolve_weights(name: str | os.PathLike, what: str = "model", timeout: float = 3.0) -> str:
+    """A local directory or a hub id to hand to `from_pretrained` (see the module docstring)."""
+    name = str(name)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise WeightsNotFoundError(f"cannot load {what}: {local} is a directory but holds no config.json (pass the "
+                                       "directory that holds the checkpoint's config.json and weights)")
+        return str(local)
+    if not _is_hub_id(name):
+        raise WeightsNotFoundError(f"cannot load {what}: no such directory: {local} (pass the directory that holds "
+                                   "its config.json and weights)")
+    from huggingface_hub import constants
+
+    snapshot = cached_snapshot(name)
+    if _offline():
+        if snapshot is None:
+            raise missing_weights(name, what, f"it is not a local directory, not in the Hugging Face cache "
+                                              f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 disables the hub")
+        return str(snapshot)
+    if hub_reachable(timeout):
+        return name
+    if snapshot is None:
+        raise missing_weights(name, what, f"it is not a local directory, not in the Hugging Face cache "
+                                          f"({constants.HF_HUB_CACHE}) and the hub {constants.ENDPOINT} could not "
+                                          f"be reached within {timeout:g} s")
+    return str(snapshot)

@@ -1,0 +1,96 @@
+"""Missing weights fail fast with one clear error: a local path that does not exist, a hub name with the hub
+unreachable (a fake endpoint, HF_HUB_OFFLINE unset) or disabled; cached hub names load without the network."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from grounding import RegisterViT, WeightsNotFoundError
+from tiny_vlm import make_tiny_llava
+
+ROOT = Path(__file__).parents[1]
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    from grounding import RegisterViT
+    from eval.runner import load_vlm
+
+    loaders = {"tower": lambda name: RegisterViT.from_pretrained(name),
+               "vlm": lambda name: load_vlm(name, "float32", "cpu")}
+    results = []
+    for kind, name in json.loads(sys.argv[1]):
+        start = time.perf_counter()
+        try:
+            loaders[kind](name)
+            error = None
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        results.append({"kind": kind, "name": name, "seconds": time.perf_counter() - start, "error": error})
+    print(json.dumps(results))
+""")
+
+
+def _fake_cache(hf_home: Path, repo_id: str, source: str) -> None:
+    """A Hugging Face cache entry (revision main) holding the files of `source`."""
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(source, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(tmp_path_factory):
+    model, processor = make_tiny_llava()
+    directory = tmp_path_factory.mktemp("vlm")
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return str(directory)
+
+
+def test_unreachable_hub_fails_fast_and_cache_is_used(tmp_path, tiny_reg_dir, vlm_dir):
+    hf_home = tmp_path / "hf"
+    _fake_cache(hf_home, "acme/cached-tower", tiny_reg_dir)
+    _fake_cache(hf_home, "acme/cached-vlm", vlm_dir)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(hf_home), PYTHONPATH=str(ROOT))
+    cases = [("tower", "acme/no-such-tower"), ("vlm", "acme/no-such-vlm"), ("tower", "/that/path"),
+             ("vlm", "/that/path"), ("tower", "acme/cached-tower"), ("vlm", "acme/cached-vlm")]
+    result = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(cases)], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    by_case = {(r["kind"], r["name"]): r for r in json.loads(result.stdout.strip().splitlines()[-1])}
+    for kind, what in (("tower", "grounding tower"), ("vlm", "VLM")):
+        hub = by_case[kind, f"acme/no-such-{kind}"]
+        assert hub["seconds"] < 10, hub  # one quick reachability check instead of minutes of retries
+        assert hub["error"].startswith("WeightsNotFoundError"), hub
+        assert f"cannot load {what} 'acme/no-such-{kind}'" in hub["error"]
+        assert "http://127.0.0.1:9 could not be reached" in hub["error"] and f"hf download acme/no-such-{kind}" in hub["error"]
+        path = by_case[kind, "/that/path"]
+        assert "no such directory: /that/path" in path["error"] and "hf download" not in path["error"], path
+        cached = by_case[kind, f"acme/cached-{kind}"]
+        assert cached["error"] is None and cached["seconds"] < 60, cached
+
+
+def test_offline_hub_names_fail_at_once(monkeypatch):
+    from eval.runner import load_vlm
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError, match="cannot load VLM 'acme/no-such-vlm'.*HF_HUB_OFFLINE=1 disables"):
+        load_vlm("acme/no-such-vlm", "float32", "cpu")
+    with pytest.raises(WeightsNotFoundError, match="no such directory: .*missing"):
+        RegisterViT.from_pretrained("./missing")
+
+
+def test_directory_without_config_is_named(tmp_path):
+    from eval.runner import load_vlm
+
+    for load in (lambda: load_vlm(str(tmp_path), "float32", "cpu"), lambda: RegisterViT.from_pretrained(tmp_path)):
+        with pytest.raises(WeightsNotFoundError, match=f"{tmp_path} is a directory but holds no config.json"):
+            load()
