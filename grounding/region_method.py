@@ -36,6 +36,10 @@ class RegionTokens:
         self.baseline = Baseline(processor=processor)
         self.bound_to = None
 
+    @property
+    def generation_settings(self) -> dict | None:
+        return self.baseline.generation_settings
+
     @contextlib.contextmanager
     def bind(self, model) -> Iterator[RegionTokens]:
         """Attach the region tokens (and LoRA) to `model` for the duration; detach everything after."""

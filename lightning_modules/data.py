@@ -145,7 +145,8 @@ class InstructionDataModule(L.LightningDataModule):
     def __init__(self, image_root: str, instructions: str | None = None, captions: str | None = None,
                  instances: str | None = None, val_fraction: float = 0.0, batch_size: int = 4, num_workers: int = 0,
                  seed: int = 0, questions_per_image: int = 3, max_records: int | None = None,
-                 group_questions: bool = False, captions_per_image: int | None = None):
+                 group_questions: bool = False, captions_per_image: int | None = None,
+                 pad_to_multiple_of: int | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.train_set: InstructionDataset | None = None
@@ -204,23 +205,34 @@ class InstructionDataModule(L.LightningDataModule):
         return self.trainer.lightning_module.processor
 
     def collate(self, items: list[dict]) -> dict:
-        """Chat-templated conversations; labels only on assistant turns (each turn's span is the difference of two
-        rendered prefixes: up to the assistant header, and up to the end of the answer)."""
+        """Chat-templated conversations; labels only on assistant turns.
+
+        Each assistant turn's span is the difference of two rendered prefixes (up to the assistant header, and up
+        to the end of the answer), measured with the tokenizer alone: the processor's `<image>` expansion is
+        replayed by repeating the image token as often as it stands in the encoded row (region tokens included).
+        """
         processor = self._processor()
+        tokenizer, image_token = processor.tokenizer, processor.image_token
+        image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         conversations = [_messages(item["conversations"]) for item in items]
         texts = [processor.apply_chat_template(messages) for messages in conversations]
         batch = processor(images=[item["image"] for item in items], text=texts, return_tensors="pt", padding=True,
-                          padding_side="right")
+                          padding_side="right", pad_to_multiple_of=self.hparams.pad_to_multiple_of)
         labels = torch.full_like(batch["input_ids"], -100)
-        def length(image, text: str) -> int:
-            return processor(images=[image], text=[text], return_tensors="pt")["input_ids"].shape[1]
+        for row, messages in enumerate(conversations):
+            expanded = image_token * int((batch["input_ids"][row] == image_token_id).sum())
 
-        for row, (item, messages) in enumerate(zip(items, conversations)):
+            def length(text: str) -> int:
+                return len(tokenizer(text.replace(image_token, expanded))["input_ids"])
+
+            if length(texts[row]) != int(batch["attention_mask"][row].sum()):
+                raise RuntimeError(f"{type(processor).__name__} does not expand {image_token} by repetition: "
+                                   "cannot place the answer labels")
             for j, message in enumerate(messages):
                 if message["role"] != "assistant":
                     continue
-                start = length(item["image"], processor.apply_chat_template(messages[:j], add_generation_prompt=True))
-                stop = length(item["image"], processor.apply_chat_template(messages[: j + 1]))
+                start = length(processor.apply_chat_template(messages[:j], add_generation_prompt=True))
+                stop = length(processor.apply_chat_template(messages[: j + 1]))
                 labels[row, start:stop] = batch["input_ids"][row, start:stop]
         batch["labels"] = labels
         return dict(batch)

@@ -94,3 +94,41 @@ def test_real_weights_llava_smoke_guidance(built):
         answers = build_method(name, tower, processor).generate(model, images, questions, max_new_tokens=4,
                                                                do_sample=False)
         assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+@needs
+def test_shipped_world_llava_answers_world_questions(built, tmp_path):
+    """The shipped world-llava weights assemble into a stock LLaVA folder and see the world: on a fresh val world it
+    answers "yes" about each image's largest object and "no" about an absent, unpaired category."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from eval.pope import parse_answer
+    from grounding.methods import build_method
+    from grounding.world import build_world
+
+    try:
+        assets.shipped_weights(assets.WORLD_LLAVA)
+    except assets.AssetError as error:
+        pytest.skip(str(error))
+    folder = assets.build(assets.WORLD_LLAVA)
+    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    build_world(tmp_path / "world", seed=7, num_images=6, split="val")
+    instances = json.loads((tmp_path / "world" / "annotations" / "instances.json").read_text())
+    world = json.loads((tmp_path / "world" / "world.json").read_text())
+    paired = {name for pair in world["config"]["pairs"] for name in pair}
+    names = {c["id"]: c["name"] for c in instances["categories"]}
+    images, questions, labels = [], [], []
+    for image in instances["images"]:
+        anns = [a for a in instances["annotations"] if a["image_id"] == image["id"]]
+        present = {names[a["category_id"]] for a in anns}
+        largest = names[max(anns, key=lambda a: a["area"])["category_id"]]
+        absent = sorted(set(names.values()) - present - paired)[0]
+        for obj, label in ((largest, "yes"), (absent, "no")):
+            images.append(tmp_path / "world" / "images" / image["file_name"])
+            questions.append(f"Is there a {obj} in the image?")
+            labels.append(label)
+    answers = build_method("baseline", None, processor).generate(model, images, questions, max_new_tokens=4,
+                                                                 do_sample=False)
+    correct = sum(parse_answer(a) == label for a, label in zip(answers, labels))
+    assert correct >= 10, list(zip(questions, labels, answers))

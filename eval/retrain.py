@@ -1,0 +1,112 @@
+"""`grounding demo --retrain`: rebuild the shipped world-llava and region-token weights from scratch.
+
+1. world-llava: generate the world's train split (`TRAIN_WORLD`), run `grounding fit` with
+   configs/train/world_llava.yaml (projector + LoRA on the LLaVA-shaped DINOv2-S/14 + SmolLM2-135M), store the
+   exported peft adapter in bf16 under grounding/data/world_llava with a recipe.json (image size, steps, time),
+   and rebuild the `world-llava` asset from it.
+2. world-llava-regions: `grounding fit` with configs/train/world_regions.yaml (region tokens + LoRA on top of
+   world-llava, same train world), stored under grounding/data/world_regions, and its asset rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["retrain", "TRAIN_WORLD", "package_adapter"]
+
+TRAIN_WORLD = {"seed": 0, "images": 1200, "split": "train"}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
+
+
+def _config(name: str) -> Path:
+    path = CONFIGS / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: --retrain runs from a source checkout (git clone), where "
+                                "configs/train/ holds the training recipes")
+    return path
+
+
+def _fit(config: Path, work: Path, overrides: list[str]) -> float:
+    from lightning_modules.cli import main as fit_main
+
+    start = time.perf_counter()
+    fit_main(["--config", str(config), f"--trainer.default_root_dir={work}",
+              f"--trainer.logger.init_args.save_dir={work}",
+              f"--trainer.callbacks.init_args.dirpath={work / 'checkpoints'}",
+              f"--model.export_dir={work / 'adapter'}", *overrides])
+    return time.perf_counter() - start
+
+
+def package_adapter(lora_dir: Path, target: Path) -> None:
+    """peft adapter folder -> `target` with its weights in bf16 (a few MB to ship)."""
+    from safetensors.torch import load_file, save_file
+
+    target.mkdir(parents=True, exist_ok=True)
+    weights = load_file(lora_dir / "adapter_model.safetensors")
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()}, target / "adapter_model.safetensors",
+              metadata={"format": "pt"})
+    config = json.loads((lora_dir / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = None  # assembled onto the local base by `grounding assets build`
+    (target / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def retrain(work: str | Path, only: str | None = None, train_images: int | None = None,
+            overrides: list[str] | None = None) -> dict:
+    """Both recipes (or `only` one); `train_images` / `overrides` shrink them for smoke tests."""
+    from grounding import assets
+    from grounding.world import build_world
+
+    work = Path(work)
+    data = Path(__file__).resolve().parents[1] / "grounding" / "data"
+    world = work / "world-train"
+    if not (world / "world.json").is_file():
+        build_world(world, TRAIN_WORLD["seed"], train_images or TRAIN_WORLD["images"], TRAIN_WORLD["split"],
+                    overwrite=True)
+    data_args = [*(overrides or []), f"--data.image_root={world / 'images'}",
+                 f"--data.instances={world / 'annotations' / 'instances.json'}",
+                 f"--data.captions={world / 'annotations' / 'captions.json'}"]
+    records = {}
+    if only in (None, "world-llava"):
+        seconds = _fit(_config("world_llava.yaml"), work / "world_llava", data_args)
+        target = data / "world_llava"
+        shutil.rmtree(target, ignore_errors=True)
+        package_adapter(work / "world_llava" / "adapter" / "lora", target)
+        records["world-llava"] = _recipe(target, work / "world_llava", seconds)
+        assets.build(assets.WORLD_LLAVA, force=True)
+    if only in (None, "world-llava-regions"):
+        seconds = _fit(_config("world_regions.yaml"), work / "world_regions",
+                       data_args + [f"--model.vlm={assets.require(assets.WORLD_LLAVA)}"])
+        target = data / "world_regions"
+        shutil.rmtree(target, ignore_errors=True)
+        exported = work / "world_regions" / "adapter"
+        package_adapter(exported / "lora", target / "lora")
+        for name in ("region_projector.safetensors", "region_grounding.json"):
+            shutil.copy(exported / name, target / name)
+        records["world-llava-regions"] = _recipe(target, work / "world_regions", seconds)
+        assets.build(assets.WORLD_REGIONS, force=True)
+    return records
+
+
+def _recipe(target: Path, run: Path, seconds: float) -> dict:
+    """recipe.json beside the shipped weights: how they were made (config, world, time, final loss)."""
+    config_file = next(run.glob("**/config.yaml"))
+    import yaml
+
+    config = yaml.safe_load(config_file.read_text())
+    losses = []
+    for metrics in run.glob("**/metrics.csv"):
+        import csv
+
+        losses += [float(r["train/loss"]) for r in csv.DictReader(metrics.open()) if r.get("train/loss")]
+    recipe = {"image_size": config["model"].get("image_size"), "train_world": TRAIN_WORLD,
+              "max_steps": config["trainer"]["max_steps"], "batch_size": config["data"]["batch_size"],
+              "train_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
+              "final_loss_mean_last_5_logs": round(sum(losses[-5:]) / max(1, len(losses[-5:])), 4) if losses else None,
+              "config": config}
+    (target / "recipe.json").write_text(json.dumps(recipe, indent=2, sort_keys=True, default=str) + "\n")
+    return recipe

@@ -1,0 +1,395 @@
+"""`grounding demo`'s measurement on the procedural world: does grounding make the embedded VLM hallucinate less?
+
+On a test world generated from its seed (`grounding.world`; the partner of each planted pair is absent in about
+half the images that hold the first object), the embedded `world-llava` answers:
+
+* POPE random / popular / adversarial, built by the project's POPE builder (`eval.pope.build_pope`). The three
+  splits share their positive questions, so each distinct (image, question) is generated once and scored in
+  every split that asks it;
+* CHAIR on its captions of the first `caption_images` test images (ground truth: the world's instances);
+
+for every method (baseline, highlight, masked-contrast, vcd, region-tokens), through the same runner that
+`grounding eval pope|chair` uses (run folders, resume). Object discovery on the same images: CorLoc and mask IoU
+of LOST, TokenCut, DINO-seg, Object-DINO boxes, and the mask IoU of Object-DINO's object maps, against the
+world's boxes and instance masks.
+
+Every figure has a 95% bootstrap confidence interval over images (POPE, discovery) or captions (CHAIR).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .benchmarks import CAPTION_PROMPT, PopeBenchmark, score_captions
+from .pope import build_pope, parse_answer
+from .records import run_metadata, write_json
+from .runner import Item, RunConfig, run_methods
+
+__all__ = ["WorldDemoConfig", "run_world_demo", "bootstrap_interval", "WORLD_METHODS", "DISCOVERY_METHODS"]
+
+WORLD_METHODS = ("baseline", "highlight", "masked-contrast", "vcd", "region-tokens")
+DISCOVERY_METHODS = ("lost", "tokencut", "dinoseg", "object-dino")
+POPE_SPLITS = ("random", "popular", "adversarial")
+
+
+@dataclass
+class WorldDemoConfig:
+    seed: int = 1
+    images: int = 16  # test-world images (POPE uses those with >= 3 objects)
+    caption_images: int = 8
+    methods: tuple[str, ...] = WORLD_METHODS
+    caption_tokens: int = 40
+    batch_size: int = 8
+    bootstrap: int = 1000
+    model: str | None = None  # default: the built world-llava asset
+    tower: str | None = None  # default: the built DINOv2-S/14 asset
+    regions: str | None = None  # default: the built world-llava-regions adapter
+    world_config: str | None = None  # a WorldConfig YAML (default: the shipped defaults)
+    device: str = "cpu"
+    dtype: str = "bfloat16"  # the VLM's dtype (world-llava was trained on a bf16 frozen backbone)
+    method_options: dict = field(default_factory=dict)
+    map_k: int = 5  # Object-DINO clusters for the object maps (its MLLM setting)
+    discovery_k: int = 12  # ... and for discovery boxes
+    dinoseg_head: int = 4
+
+    def __post_init__(self):
+        self.methods = tuple(self.methods)
+        if self.images < 1 or self.caption_images < 0:
+            raise ValueError("images must be >= 1 and caption_images >= 0")
+
+
+def bootstrap_interval(statistic, groups: int, draws: int, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of `statistic(indices)` over `draws` resamples of `groups` units with replacement."""
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, groups, groups)) for _ in range(draws)], dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def _figure(value: float, interval: tuple[float, float]) -> dict:
+    return {"value": round(float(value), 2), "ci95": [round(interval[0], 2), round(interval[1], 2)]}
+
+
+# ------------------------------------------------------------------ the test world and its questions
+def _world(out: Path, cfg: WorldDemoConfig) -> tuple[Path, dict]:
+    from grounding.world import WorldConfig, build_world
+
+    folder = out / "world"
+    world_config = WorldConfig.from_yaml(cfg.world_config) if cfg.world_config else WorldConfig()
+    wanted = {"seed": cfg.seed, "images": cfg.images, "split": "test", "config": world_config.to_dict()}
+    stamp = folder / "demo_world.json"
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == wanted):
+        build_world(folder, cfg.seed, cfg.images, "test", world_config, overwrite=True)
+        stamp.write_text(json.dumps(wanted, sort_keys=True))
+    return folder, json.loads((folder / "annotations" / "instances.json").read_text())
+
+
+def _pope_items(world: Path, instances: dict, cfg: WorldDemoConfig, out: Path) -> tuple[list[Item], dict]:
+    """Distinct (image, question) items over the three splits, and each split's questions keyed by item."""
+    splits, items = {}, {}
+    for split in POPE_SPLITS:
+        questions = build_pope(instances, split, num_images=len(instances["images"]), seed=cfg.seed)
+        (out / "pope").mkdir(parents=True, exist_ok=True)
+        (out / "pope" / f"{split}.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+        rows = []
+        for q in questions:
+            key = f"{q['image']}|{q['text']}"
+            items.setdefault(key, Item(key, world / "images" / q["image"], q["text"], {"question": q["text"]}))
+            rows.append({"key": key, "image": q["image"], "label": q["label"], "object": q["text"][len("Is there a "):-len(" in the image?")]})
+        splits[split] = rows
+    if not items:
+        raise ValueError(f"no test image holds 3 objects: generate more images (--world-images > {cfg.images})")
+    return list(items.values()), splits
+
+
+# ------------------------------------------------------------------ POPE with intervals
+def pope_table(splits: dict, answers: dict[str, str], draws: int) -> dict:
+    """Per split: accuracy, precision, recall, F1, yes-ratio (official parser), each with a 95% CI over images."""
+    table = {}
+    for split, rows in splits.items():
+        images = sorted({r["image"] for r in rows})
+        index = {im: i for i, im in enumerate(images)}
+        counts = np.zeros((len(images), 4))  # tp, fp, tn, fn per image
+        for r in rows:
+            if r["key"] not in answers:
+                raise ValueError(f"POPE item {r['key']!r} has no answer: the run is incomplete")
+            yes = parse_answer(answers[r["key"]], "official") == "yes"
+            positive = r["label"] == "yes"
+            counts[index[r["image"]], [0 if yes and positive else 1 if yes else 3 if positive else 2]] += 1
+
+        def metrics(sample: np.ndarray) -> dict:
+            tp, fp, tn, fn = counts[sample].sum(0)
+            total = tp + fp + tn + fn
+            precision = tp / (tp + fp) if tp + fp else 0.0
+            recall = tp / (tp + fn) if tp + fn else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            return {"accuracy": 100 * (tp + tn) / total, "precision": 100 * precision, "recall": 100 * recall,
+                    "f1": 100 * f1, "yes_ratio": 100 * (tp + fp) / total}
+
+        full = metrics(np.arange(len(images)))
+        table[split] = {name: _figure(value, bootstrap_interval(lambda s, n=name: metrics(s)[n], len(images), draws))
+                        for name, value in full.items()}
+        table[split]["questions"] = len(rows)
+        table[split]["images"] = len(images)
+    return table
+
+
+# ------------------------------------------------------------------ CHAIR with intervals
+def chair_table(per_caption: list[dict], partners: set[str], draws: int) -> dict:
+    if not per_caption:
+        raise ValueError("no captions to score")
+    halluc = np.array([len(c["hallucinated"]) for c in per_caption], dtype=float)
+    mentions = np.array([len(c["hallucinated"]) + len(c["correct"]) for c in per_caption], dtype=float)
+    found = np.array([len({cat for _, cat in c["correct"]}) for c in per_caption], dtype=float)
+    truth = np.array([len(c["ground_truth"]) for c in per_caption], dtype=float)
+    stats = {
+        "chair_s": lambda s: 100 * float((halluc[s] > 0).mean()),
+        "chair_i": lambda s: 100 * halluc[s].sum() / mentions[s].sum() if mentions[s].sum() else 0.0,
+        "recall": lambda s: 100 * found[s].sum() / truth[s].sum(),
+    }
+    every = np.arange(len(per_caption))
+    table = {name: _figure(f(every), bootstrap_interval(f, len(per_caption), draws)) for name, f in stats.items()}
+    words = Counter(cat for c in per_caption for _, cat in c["hallucinated"])
+    table["hallucinated_objects"] = dict(words.most_common())
+    table["hallucinated_partners"] = sum(n for cat, n in words.items() if cat in partners)
+    table["captions"] = len(per_caption)
+    return table
+
+
+# ------------------------------------------------------------------ discovery on the world
+def discovery_table(world: Path, instances: dict, tower_dir: str, device: str, draws: int, map_k: int = 5,
+                    discovery_k: int = 12, dinoseg_head: int = 4) -> dict:
+    from pycocotools import mask as mask_utils
+
+    from grounding.backbone import RegisterViT
+    from grounding.discovery import discover
+    from grounding.images import load_image
+    from grounding.object_dino import ObjectDINO
+    from grounding.regions import upsample_maps
+
+    from .corloc import iou
+
+    tower = RegisterViT.from_pretrained(tower_dir, device=device, preprocess={"short_side": 224})
+    maps_od, discovery_od = ObjectDINO(k=map_k), ObjectDINO(k=discovery_k)
+    by_image: dict[int, list[dict]] = {}
+    for ann in instances["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    names = DISCOVERY_METHODS + ("object-dino-map",)
+    correct = {m: [] for m in names}
+    mask_iou = {m: [] for m in names}
+    for image_info in instances["images"]:
+        anns = by_image.get(image_info["id"], [])
+        if not anns:
+            continue
+        height, width = image_info["height"], image_info["width"]
+        truth = np.zeros((height, width), dtype=bool)
+        for ann in anns:
+            truth |= mask_utils.decode(ann["segmentation"]).astype(bool)
+        gt_boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                                 for a in anns], dtype=torch.float32)
+        out = tower([load_image(world / "images" / image_info["file_name"])])
+        for method in DISCOVERY_METHODS:
+            options = {"object-dino": {"object_dino": discovery_od}, "dinoseg": {"head": dinoseg_head}}.get(method, {})
+            found = discover(method, out, **options)
+            correct[method].append(float(iou(found.boxes[0], gt_boxes).max()) >= 0.5)
+            predicted = upsample_maps(found.masks[:1].float(), out.patch_scale, out.image_sizes)[0] > 0.5
+            mask_iou[method].append(_mask_iou(predicted.cpu().numpy(), truth))
+        full_map = maps_od.object_maps(out, upsample=True)[0].cpu().numpy()
+        predicted = full_map > 0
+        box = _box_of(predicted)
+        correct["object-dino-map"].append(box is not None and float(iou(box, gt_boxes).max()) >= 0.5)
+        mask_iou["object-dino-map"].append(_mask_iou(predicted, truth))
+    table = {}
+    for method in names:
+        hits, ious = np.array(correct[method], dtype=float), np.array(mask_iou[method])
+        table[method] = {
+            "corloc": _figure(100 * hits.mean(), bootstrap_interval(lambda s: 100 * hits[s].mean(), len(hits), draws)),
+            "mask_iou": _figure(100 * ious.mean(), bootstrap_interval(lambda s: 100 * ious[s].mean(), len(ious), draws)),
+            "images": len(hits)}
+    return table
+
+
+def _mask_iou(predicted: np.ndarray, truth: np.ndarray) -> float:
+    union = np.logical_or(predicted, truth).sum()
+    return float(np.logical_and(predicted, truth).sum() / union) if union else 0.0
+
+
+def _box_of(mask: np.ndarray) -> torch.Tensor | None:
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return None
+    return torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+
+
+# ------------------------------------------------------------------ the whole measurement
+def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
+    from grounding import assets
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = cfg.model or str(assets.require(assets.WORLD_LLAVA))
+    tower = cfg.tower or str(assets.require(assets.VIT))
+    options = {name: dict(values) for name, values in cfg.method_options.items()}
+    if "region-tokens" in cfg.methods:
+        options.setdefault("region-tokens", {}).setdefault("adapter", cfg.regions or str(assets.require(assets.WORLD_REGIONS)))
+    world, instances = _world(out, cfg)
+    _fresh_runs(out, {"config": asdict(cfg), "model": _fingerprint(model), "tower": _fingerprint(tower),
+                      "regions": _fingerprint(options.get("region-tokens", {}).get("adapter"))})
+    pairs = json.loads((world / "world.json").read_text())["config"]["pairs"]
+    partners = {p[1] for p in pairs}
+    timings = {}
+
+    start = time.perf_counter()
+    items, splits = _pope_items(world, instances, cfg, out)
+    run = RunConfig(model=model, methods=list(cfg.methods), out=str(out / "pope" / "runs"), tower=tower,
+                    tower_short_side=224, batch_size=cfg.batch_size, max_new_tokens=8, device=cfg.device, dtype=cfg.dtype,
+                    method_options=options)
+    answered = run_methods(run, items, "question", lambda predictions: {"answered": sum("answer" in p for p in predictions)},
+                           extra_config={"world": str(world)})
+    pope = {}
+    for method in cfg.methods:
+        answers = _answers(out / "pope" / "runs" / method)
+        pope[method] = pope_table(splits, answers, cfg.bootstrap)
+        pope[method]["answered"] = answered.get(method, {}).get("answered")
+    timings["pope_s"] = round(time.perf_counter() - start, 1)
+
+    chair = {}
+    if cfg.caption_images:
+        start = time.perf_counter()
+        truth = {}
+        names = {c["id"]: c["name"] for c in instances["categories"]}
+        for ann in instances["annotations"]:
+            truth.setdefault(ann["image_id"], set()).add(names[ann["category_id"]])
+        chosen = [im for im in instances["images"] if im["id"] in truth][: cfg.caption_images]
+        caption_items = [Item(im["id"], world / "images" / im["file_name"], CAPTION_PROMPT, {}) for im in chosen]
+        truth = {k: sorted(v) for k, v in truth.items()}
+        caption_run = RunConfig(model=model, methods=list(cfg.methods), out=str(out / "chair" / "runs"), tower=tower,
+                                tower_short_side=224, batch_size=cfg.batch_size, max_new_tokens=cfg.caption_tokens,
+                                device=cfg.device, dtype=cfg.dtype, method_options=options)
+        scored = run_methods(caption_run, caption_items, "caption",
+                             lambda predictions: score_captions([{"image_id": p["key"], "caption": p["answer"]}
+                                                                 for p in predictions if "answer" in p], truth))
+        chair = {m: chair_table(scored[m]["per_caption"], partners, cfg.bootstrap) for m in cfg.methods}
+        timings["chair_s"] = round(time.perf_counter() - start, 1)
+
+    start = time.perf_counter()
+    discovery = discovery_table(world, instances, tower, cfg.device, cfg.bootstrap, cfg.map_k, cfg.discovery_k,
+                                cfg.dinoseg_head)
+    timings["discovery_s"] = round(time.perf_counter() - start, 1)
+
+    result = {"world": {"seed": cfg.seed, "images": cfg.images, "pairs": pairs, "folder": str(world)},
+              "pope": pope, "chair": chair, "discovery": discovery, "timings": timings,
+              **run_metadata({**asdict(cfg), "model": model, "tower": tower})}
+    _check_finite(result)
+    write_json(out / "world_metrics.json", result)
+    return result
+
+
+def _fingerprint(folder: str | None) -> str | None:
+    """What identifies a model folder's weights: its DONE.json (assets) or its files' sizes and times."""
+    if folder is None:
+        return None
+    path = Path(folder).expanduser()
+    if (path / "DONE.json").is_file():
+        return (path / "DONE.json").read_text()
+    return json.dumps(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file()))
+
+
+def _fresh_runs(out: Path, stamp: dict) -> None:
+    """Answers in `out` are reused only when they came from the same models and settings; otherwise they go."""
+    import shutil
+
+    path = out / "runs_stamp.json"
+    text = json.dumps(stamp, sort_keys=True, default=str)
+    if path.is_file() and path.read_text() == text:
+        return
+    for folder in (out / "pope" / "runs", out / "chair" / "runs"):
+        shutil.rmtree(folder, ignore_errors=True)
+    path.write_text(text)
+
+
+def _answers(folder: Path) -> dict[str, str]:
+    answers = {}
+    for line in (folder / "predictions.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "answer" not in record:
+            raise ValueError(f"{folder}: item {record['key']!r} was skipped ({record.get('error')}): cannot score POPE")
+        answers[record["key"]] = record["answer"]
+    return answers
+
+
+def _check_finite(value, path: str = "") -> None:
+    """Refuse NaN or infinite figures: a number the demo prints is right or it is not printed."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{path}[{i}]")
+    elif isinstance(value, float) and not np.isfinite(value):
+        raise ValueError(f"the world measurement produced a non-finite figure at {path.lstrip('.')}")
+
+
+# ------------------------------------------------------------------ presentation
+def table_lines(result: dict) -> list[str]:
+    lines = []
+    pope, chair = result["pope"], result["chair"]
+    methods = list(pope)
+    head = "| method | " + " | ".join(f"POPE {s} acc" for s in POPE_SPLITS) + " | adv. F1 | adv. yes % |"
+    if chair:
+        head += " CHAIR_s | CHAIR_i | recall | partner halluc. |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for m in methods:
+        cells = [_cell(pope[m][s]["accuracy"]) for s in POPE_SPLITS]
+        cells += [_cell(pope[m]["adversarial"]["f1"]), _cell(pope[m]["adversarial"]["yes_ratio"])]
+        if chair:
+            cells += [_cell(chair[m]["chair_s"]), _cell(chair[m]["chair_i"]), _cell(chair[m]["recall"]),
+                      str(chair[m]["hallucinated_partners"])]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "| discovery | CorLoc | mask IoU |", "|---|---|---|"]
+    for m, row in result["discovery"].items():
+        lines.append(f"| {m} | {_cell(row['corloc'])} | {_cell(row['mask_iou'])} |")
+    return lines
+
+
+def _cell(figure: dict) -> str:
+    lo, hi = figure["ci95"]
+    return f"{figure['value']:.1f} [{lo:.0f}, {hi:.0f}]"
+
+
+def bar_charts(result: dict, out: Path) -> list[str]:
+    """One bar chart (with 95% CI whiskers) per metric; returns the file names."""
+    from grounding.viz import figure_to_image, new_figure
+
+    panels = [(f"POPE {s} accuracy", {m: r[s]["accuracy"] for m, r in result["pope"].items()}) for s in POPE_SPLITS]
+    panels.append(("POPE adversarial yes-ratio", {m: r["adversarial"]["yes_ratio"] for m, r in result["pope"].items()}))
+    if result["chair"]:
+        for name in ("chair_s", "chair_i", "recall"):
+            panels.append((f"CHAIR {name}", {m: r[name] for m, r in result["chair"].items()}))
+    panels.append(("discovery CorLoc", {m: r["corloc"] for m, r in result["discovery"].items()}))
+    panels.append(("discovery mask IoU", {m: r["mask_iou"] for m, r in result["discovery"].items()}))
+    files = []
+    for title, figures in panels:
+        figure = new_figure(figsize=(5.5, 3.0), dpi=100)
+        axes = figure.add_subplot(1, 1, 1)
+        names = list(figures)
+        values = np.array([figures[n]["value"] for n in names])
+        low = values - np.array([figures[n]["ci95"][0] for n in names])
+        high = np.array([figures[n]["ci95"][1] for n in names]) - values
+        axes.bar(range(len(names)), values, yerr=[low, high], capsize=3, color="#4C72B0")
+        axes.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        axes.set_title(title, fontsize=10)
+        figure.tight_layout()
+        name = "world_" + title.lower().replace(" ", "_").replace("-", "_") + ".png"
+        figure_to_image(figure).save(out / name)
+        files.append(name)
+    return files
