@@ -153,6 +153,14 @@ def _write_report(out_dir: Path, records: list[dict], table: dict, complete: dic
                   "Each cell: value [95% bootstrap CI over images, or captions for CHAIR]. 'partner halluc.' counts "
                   "CHAIR's hallucinated mentions that are partner objects of a planted pair.", "",
                   *table_lines(world), "", *[f"![{c}]({c})" for c in charts], ""]
+        if world["examples"]:
+            lines += ["### The planted prior's trap: questions about an absent partner object", "",
+                      "What the highlight branch sees (red where Object-DINO's map is high), and every method's answer "
+                      "(the right answer is no).", ""]
+            for example in world["examples"]:
+                answers = "; ".join(f"{m}: {a.strip()!r}" for m, a in example["answers"].items())
+                lines += [f"**{example['image']}** - {example['question']} - {answers}", "",
+                          f"![example](world/{example['picture']})", ""]
     lines += ["## Photos", ""]
     for record in records:
         stem = Path(record["image"]).stem

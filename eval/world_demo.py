@@ -261,6 +261,8 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
         pope[method] = pope_table(splits, answers, cfg.bootstrap)
         pope[method]["answered"] = answered.get(method, {}).get("answered")
     timings["pope_s"] = round(time.perf_counter() - start, 1)
+    examples = partner_examples(world, splits["adversarial"], partners, {m: _answers(out / "pope" / "runs" / m)
+                                                                          for m in cfg.methods}, tower, cfg, out)
 
     chair = {}
     if cfg.caption_images:
@@ -287,11 +289,37 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
     timings["discovery_s"] = round(time.perf_counter() - start, 1)
 
     result = {"world": {"seed": cfg.seed, "images": cfg.images, "pairs": pairs, "folder": str(world)},
-              "pope": pope, "chair": chair, "discovery": discovery, "timings": timings,
+              "pope": pope, "chair": chair, "discovery": discovery, "examples": examples, "timings": timings,
               **run_metadata({**asdict(cfg), "model": model, "tower": tower})}
     _check_finite(result)
     write_json(out / "world_metrics.json", result)
     return result
+
+
+def partner_examples(world: Path, adversarial: list[dict], partners: set[str], answers: dict[str, dict[str, str]],
+                     tower_dir: str, cfg: WorldDemoConfig, out: Path, limit: int = 4) -> list[dict]:
+    """The adversarial questions about an ABSENT partner object (the planted prior's trap), with every method's
+    answer and what the highlight branch sees (the image tinted where Object-DINO's map is high)."""
+    from grounding.backbone import RegisterViT
+    from grounding.highlight import red_tint
+    from grounding.images import load_image
+    from grounding.object_dino import ObjectDINO
+
+    rows = [r for r in adversarial if r["label"] == "no" and r["object"] in partners]
+    if not rows:
+        return []
+    tower = RegisterViT.from_pretrained(tower_dir, device=cfg.device, preprocess={"short_side": 224})
+    object_dino = ObjectDINO(k=cfg.map_k)
+    (out / "examples").mkdir(exist_ok=True)
+    examples = []
+    for row in rows[:limit]:
+        image = load_image(world / "images" / row["image"])
+        object_map = object_dino.object_maps(tower([image]), upsample=True)[0].cpu()
+        name = f"{Path(row['image']).stem}_{row['object'].replace(' ', '_')}.png"
+        red_tint(image, object_map).save(out / "examples" / name)
+        examples.append({"image": row["image"], "question": f"Is there a {row['object']} in the image?", "label": "no",
+                         "answers": {m: a[row["key"]] for m, a in answers.items()}, "picture": f"examples/{name}"})
+    return examples
 
 
 def _fingerprint(folder: str | None) -> str | None:
