@@ -10,12 +10,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 __all__ = ["retrain", "TRAIN_WORLD", "package_adapter"]
 
@@ -94,14 +96,9 @@ def retrain(work: str | Path, only: str | None = None, train_images: int | None 
 
 def _recipe(target: Path, run: Path, seconds: float) -> dict:
     """recipe.json beside the shipped weights: how they were made (config, world, time, final loss)."""
-    config_file = next(run.glob("**/config.yaml"))
-    import yaml
-
-    config = yaml.safe_load(config_file.read_text())
+    config = yaml.safe_load(next(run.glob("**/config.yaml")).read_text())
     losses = []
     for metrics in run.glob("**/metrics.csv"):
-        import csv
-
         losses += [float(r["train/loss"]) for r in csv.DictReader(metrics.open()) if r.get("train/loss")]
     recipe = {"image_size": config["model"].get("image_size"), "train_world": TRAIN_WORLD,
               "max_steps": config["trainer"]["max_steps"], "batch_size": config["data"]["batch_size"],
