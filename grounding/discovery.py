@@ -36,7 +36,8 @@ from .regions import boxes_to_pixels, connected_components, mask_to_box
 log = logging.getLogger(__name__)
 
 __all__ = ["DiscoveryOutput", "DISCOVERY_METHODS", "DEFAULT_METHOD", "discover", "lost", "tokencut", "dinoseg",
-           "register_method", "attention_qk", "adaptive_tau", "centred_cosine", "double_centre", "border_share", "cls_attention", "orient_maps"]
+           "register_method", "attention_qk", "adaptive_tau", "centred_cosine", "double_centre", "border_share",
+           "cls_attention", "orient_maps"]
 
 Polarity = Literal["seed", "border"]
 MapPolarity = Literal["attention", "border"]

@@ -122,7 +122,8 @@ def test_world_layout_pad_default_tau_and_degenerate_flag(tiny_reg_dir, tmp_path
         "annotations": [{"id": 1, "image_id": 1, "bbox": [0, 0, 60, 44], "iscrowd": 0, "category_id": 1}]}))
     out = tmp_path / "run"
     common = ["eval", "corloc", "--dataset", "coco", "--root", str(root), "--model", tiny_reg_dir, "--device", "cpu"]
-    assert main(common + ["--method", "tokencut,tokencut-adaptive", "--tau", "-2", "--out", str(out), "--pictures"]) == 0
+    methods = ["--method", "tokencut,tokencut-adaptive"]
+    assert main(common + methods + ["--tau", "-2", "--out", str(out), "--pictures"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["resize_mode"] == "pad" and metrics["config"]["tau"] == -2.0
     for method in ("tokencut", "tokencut-adaptive"):
