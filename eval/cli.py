@@ -23,17 +23,25 @@ from .world_cli import add_world_command
 
 __all__ = ["main", "build_parser"]
 
+# grounding.discovery.DEFAULT_METHOD, named here so that parsing arguments does not import torch (a test checks)
+DISCOVERY_DEFAULT = "object-dino-adaptive"
 
-def _tower_args(parser: argparse.ArgumentParser, default_model: str | None = None) -> None:
+
+def _tower_args(parser: argparse.ArgumentParser, default_model: str | None = None, resize_mode: str = "resize") -> None:
     group = parser.add_argument_group("grounding tower")
     group.add_argument("--model", default=default_model, required=default_model is None,
                        help="hub name or local directory (HF dinov2 / dinov2-with-registers / dinov3, timm reg4)")
-    group.add_argument("--short-side", type=int, default=224, help="resize the shorter side to ~this (patch multiple)")
-    group.add_argument("--resize-mode", choices=["resize", "pad"], default="resize")
+    group.add_argument("--short-side", type=int, default=224,
+                       help="with --resize-mode resize: the shorter side becomes ~this (patch multiple)")
+    group.add_argument("--resize-mode", choices=["resize", "pad"], default=resize_mode,
+                       help="resize: short side to --short-side; pad: full resolution, zero-padded to a patch multiple "
+                            f"(LOST / TokenCut protocol) (default: {resize_mode})")
     group.add_argument("--device", default="cuda" if _cuda() else "cpu")
     group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     group.add_argument("--k", type=int, default=12, help="Object-DINO clusters for discovery")
     group.add_argument("--dinoseg-head", type=int, default=4)
+    group.add_argument("--tau", type=float, default=None,
+                       help="TokenCut graph threshold for tokencut* / object-dino* (default: each method's own)")
 
 
 def _cuda() -> bool:
@@ -50,15 +58,25 @@ def _load_tower(args):
     return RegisterViT.from_config(config)
 
 
+def _check_methods(methods: list[str]) -> list[str]:
+    from grounding.discovery import DISCOVERY_METHODS
+
+    unknown = [m for m in methods if m not in DISCOVERY_METHODS]
+    if unknown:
+        raise ValueError(f"unknown discovery method(s) {unknown}; --method takes {', '.join(DISCOVERY_METHODS)}")
+    return methods
+
+
 def _cmd_discover(args) -> int:
     from grounding.object_dino import ObjectDINO
 
     from .discover import DiscoveryJob, list_images, run_discovery
     from .records import run_metadata, write_json
 
+    _check_methods([args.method])
     tower = _load_tower(args)
     jobs = [DiscoveryJob(p.name, p) for p in list_images(args.images)]
-    records = run_discovery(tower, args.method, jobs, args.out, ObjectDINO(k=args.k), args.dinoseg_head)
+    records = run_discovery(tower, args.method, jobs, args.out, ObjectDINO(k=args.k), args.dinoseg_head, tau=args.tau)
     write_json(Path(args.out) / "run.json", run_metadata(vars(args)))
     failed = sum("error" in r for r in records)
     print(f"{len(records) - failed} boxes written to {Path(args.out) / 'predictions.jsonl'}"
@@ -73,21 +91,24 @@ def _cmd_corloc(args) -> int:
     from .discover import DiscoveryJob, run_discovery
     from .records import run_metadata, write_json
 
+    methods = _check_methods(args.method.split(","))
     items = load_dataset(args.dataset, args.root, args.image_list)
     if args.limit:
         items = items[: args.limit]
     tower = _load_tower(args)
     jobs = [DiscoveryJob(item.image_id, item.path, item.boxes) for item in items]
     results = {}
-    for method in args.method.split(","):
+    for method in methods:
         records = run_discovery(tower, method, jobs, Path(args.out) / method, ObjectDINO(k=args.k),
-                                args.dinoseg_head, pictures=args.pictures)
+                                args.dinoseg_head, pictures=args.pictures, tau=args.tau)
         results[method] = {"corloc": round(corloc(records), 2), "images": len(records),
-                           "unreadable": sum("error" in r for r in records)}
+                           "unreadable": sum("error" in r for r in records),
+                           "degenerate": sum(bool(r.get("degenerate")) for r in records)}
     write_json(Path(args.out) / "metrics.json", {"dataset": args.dataset, "results": results,
                                                  **run_metadata(vars(args))})
     for method, result in results.items():
-        print(f"{args.dataset} {method:12s} CorLoc {result['corloc']:6.2f}  ({result['images']} images)")
+        print(f"{args.dataset} {method:20s} CorLoc {result['corloc']:6.2f}  ({result['images']} images, "
+              f"{result['degenerate']} degenerate)")
     return 0
 
 
@@ -135,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     _tower_args(p)
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--out", required=True, help="output folder (predictions.jsonl, masks/, overlays/)")
-    p.add_argument("--method", default="object-dino", choices=["object-dino", "tokencut", "lost", "dinoseg"])
+    p.add_argument("--method", default=DISCOVERY_DEFAULT,
+                   help="lost, tokencut, dinoseg, object-dino (the references) or lost-centred, tokencut-adaptive, "
+                        f"object-dino-adaptive (default: {DISCOVERY_DEFAULT}); see docs/discovery.md")
     p.set_defaults(func=_cmd_discover)
 
     p = commands.add_parser("demo", help="the main job on the embedded default (offline, real weights and photos)")
@@ -164,11 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser("eval", help="benchmarks").add_subparsers(dest="benchmark", required=True)
     p = evaluation.add_parser("corloc", help="single-object discovery CorLoc")
-    _tower_args(p)
+    _tower_args(p, resize_mode="pad")
     p.add_argument("--dataset", required=True, choices=["voc07", "voc12", "coco20k", "coco"])
     p.add_argument("--root", required=True)
     p.add_argument("--image-list", default=None, help="COCO20k id list (or a subset list for any dataset)")
-    p.add_argument("--method", default="object-dino", help="comma-separated: lost,tokencut,dinoseg,object-dino")
+    p.add_argument("--method", default=DISCOVERY_DEFAULT,
+                   help="comma-separated discovery methods, as for `grounding discover` (default: "
+                        f"{DISCOVERY_DEFAULT})")
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--pictures", action="store_true", help="also write masks and overlays")

@@ -6,7 +6,9 @@ Datasets are read from their standard local layouts (nothing is downloaded):
   ``JPEGImages/``, ``Annotations/*.xml`` and ``ImageSets/Main/trainval.txt``.
 * coco20k: ``ROOT`` holds ``train2014/`` (images) and ``annotations/instances_train2014.json``; the image
   list (the 19,817 COCO20k ids or file names, one per line) is passed with ``image_list``; iscrowd boxes removed.
-* coco: any COCO-format folder: ``ROOT/images/`` (or ``ROOT``) with ``ROOT/annotations.json``.
+* coco: any COCO-format folder: images in ``ROOT/images/`` (or ``ROOT``), instances in ``ROOT/annotations.json``,
+  ``ROOT/annotations/instances.json`` (the layout `grounding world build` writes) or the one
+  ``ROOT/annotations/instances_*.json``.
 """
 
 from __future__ import annotations
@@ -95,10 +97,22 @@ def _coco20k(root: Path, image_list: Path | None = None) -> list[CorLocItem]:
     return _coco_items(root / "train2014", root / "annotations" / "instances_train2014.json", keep)
 
 
+def _coco_annotations(root: Path) -> Path:
+    for candidate in (root / "annotations.json", root / "annotations" / "instances.json"):
+        if candidate.is_file():
+            return candidate
+    found = sorted((root / "annotations").glob("instances_*.json")) if (root / "annotations").is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    raise FileNotFoundError(
+        f"no COCO instances file under {root}: looked for annotations.json, annotations/instances.json and "
+        f"annotations/instances_*.json (found {[f.name for f in found] or 'none'}); pass the folder that holds them")
+
+
 def _coco(root: Path, image_list: Path | None = None) -> list[CorLocItem]:
     images = root / "images" if (root / "images").is_dir() else root
     keep = None if image_list is None else {l.strip() for l in Path(image_list).read_text().splitlines() if l.strip()}
-    return _coco_items(images, root / "annotations.json", keep)
+    return _coco_items(images, _coco_annotations(root), keep)
 
 
 DATASETS: dict[str, Callable[[Path, Path | None], list[CorLocItem]]] = {

@@ -87,13 +87,13 @@ def _one_photo(item, tower, maps_od: ObjectDINO, discovery_od: ObjectDINO, out_d
     record = {"image": item.path.name, "grid": list(out.grid), "gt_boxes": item.boxes}
     boxes = {}
     for method in METHODS:
-        options = {"object_dino": discovery_od} if method == "object-dino" else {}
-        found = discover(method, out, **options)
+        found = discover(method, out, object_dino=discovery_od, tower=tower)
         box = found.boxes[0]
         best = float(iou(box, torch.tensor(item.boxes)).max())
-        boxes[method] = box.tolist()
+        degenerate = bool(found.degenerate[0])
+        boxes[method + (" (complete graph: arbitrary)" if degenerate else "")] = box.tolist()
         record[method] = {"box": [round(v, 1) for v in box.tolist()], "iou": round(best, 3), "correct": best >= 0.5,
-                          "complete_graph": bool(found.degenerate[0])}
+                          "complete_graph": degenerate}
     full_map = upsample_maps(analysis.maps, out.patch_scale, out.image_sizes)[0]
     picture = draw_boxes(overlay(image, full_map, alpha=0.45), list(boxes.values()), list(boxes))
     draw_boxes(picture, item.boxes, ["gt"] * len(item.boxes), width=1).save(out_dir / "overlays" / f"{item.path.stem}.png")

@@ -28,7 +28,7 @@ from grounding.viz import draw_boxes, overlay
 from .corloc import iou
 from .records import JsonlLog
 
-__all__ = ["DiscoveryJob", "run_discovery", "IMAGE_SUFFIXES", "list_images"]
+__all__ = ["DiscoveryJob", "run_discovery", "IMAGE_SUFFIXES", "list_images", "mark_degenerate"]
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -51,25 +51,27 @@ class DiscoveryJob:
     gt_boxes: list[list[float]] | None = None
 
 
-def _method_options(method: str, object_dino: ObjectDINO, dinoseg_head: int) -> dict:
-    if method == "object-dino":
-        return {"object_dino": object_dino}
-    if method == "dinoseg":
-        return {"head": dinoseg_head}
-    return {}
+def _method_options(object_dino: ObjectDINO, dinoseg_head: int, tau: float | None, tower: RegisterViT) -> dict:
+    """Options every registered method receives (each takes what it uses): Object-DINO's config, DINO-seg's head
+    and the tower (to rotate pre-rotary DINOv3 q/k), and TokenCut's tau (None: the method's default)."""
+    return {"object_dino": object_dino, "head": dinoseg_head, "tower": tower, "tau": tau}
 
 
 def run_discovery(tower: RegisterViT, method: str, jobs: Sequence[DiscoveryJob], out_dir: str | Path,
                   object_dino: ObjectDINO | None = None, dinoseg_head: int = 4, pictures: bool = True,
-                  progress: bool = True) -> list[dict]:
-    """Run `method` on every job not yet in ``out_dir/predictions.jsonl``; returns all records (old and new)."""
+                  progress: bool = True, tau: float | None = None) -> list[dict]:
+    """Run `method` on every job not yet in ``out_dir/predictions.jsonl``; returns all records (old and new).
+
+    Each record holds the box, and `degenerate`: the method's graph was complete (every affinity above tau, or
+    every key inner product positive for LOST), so the box is arbitrary; overlays say so in red.
+    """
     out_dir = Path(out_dir)
     object_dino = object_dino or ObjectDINO(k=12)
     records = JsonlLog(out_dir / "predictions.jsonl", key="image")
     todo = [job for job in jobs if job.key not in records.done]
     if len(todo) < len(jobs):
         log.info("resuming: %d of %d images already done", len(jobs) - len(todo), len(jobs))
-    options = _method_options(method, object_dino, dinoseg_head)
+    options = _method_options(object_dino, dinoseg_head, tau, tower)
     for job in tqdm(todo, desc=f"discover {method}", unit="img", disable=not progress):
         record: dict = {"image": job.key, "method": method}
         try:
@@ -78,9 +80,11 @@ def run_discovery(tower: RegisterViT, method: str, jobs: Sequence[DiscoveryJob],
             found = discover(method, out, **options)
             box = to_original_pixels(found.boxes[0], image)  # (4,) file pixels
             width, height = original_size(image)
-            record.update(box=[round(float(v), 2) for v in box], map_size=list(out.grid), image_size=[height, width])
+            degenerate = bool(found.degenerate[0])
+            record.update(box=[round(float(v), 2) for v in box], degenerate=degenerate, map_size=list(out.grid),
+                          image_size=[height, width])
             if pictures:
-                _save_pictures(out_dir, job.key, image, found.masks[0], out, found.boxes[0])
+                _save_pictures(out_dir, job.key, image, found.masks[0], out, found.boxes[0], method, degenerate)
         except ImageError as error:
             log.warning("skipping %s: %s", job.key, error)
             record.update(error=str(error))
@@ -89,13 +93,33 @@ def run_discovery(tower: RegisterViT, method: str, jobs: Sequence[DiscoveryJob],
             best = float(overlaps.max()) if overlaps is not None and len(job.gt_boxes) else 0.0
             record.update(gt_boxes=job.gt_boxes, iou=round(best, 4), correct=best >= 0.5)
         records.append(record)
+    degenerate = sum(bool(r.get("degenerate")) for r in records.records)
+    if degenerate:
+        log.warning("%s: %d of %d images had a complete graph (arbitrary box, flagged `degenerate`); "
+                    "the -adaptive / -centred methods handle such backbones (docs/discovery.md)",
+                    method, degenerate, len(records.records))
     return records.records
 
 
-def _save_pictures(out_dir: Path, key: str, image: Image.Image, mask: torch.Tensor, out, box: torch.Tensor) -> None:
+def _save_pictures(out_dir: Path, key: str, image: Image.Image, mask: torch.Tensor, out, box: torch.Tensor,
+                   method: str, degenerate: bool) -> None:
     stem = Path(key).stem
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     full = upsample_maps(mask[None].float(), out.patch_scale, out.image_sizes)[0]  # (H, W)
     Image.fromarray(((full.numpy() >= 0.5) * 255).astype(np.uint8)).save(out_dir / "masks" / f"{stem}.png")
-    draw_boxes(overlay(image, full, alpha=0.4), [box.tolist()]).save(out_dir / "overlays" / f"{stem}.png")
+    picture = draw_boxes(overlay(image, full, alpha=0.4), [box.tolist()], [method])
+    if degenerate:
+        picture = mark_degenerate(picture)
+    picture.save(out_dir / "overlays" / f"{stem}.png")
+
+
+def mark_degenerate(picture: Image.Image, text: str = "DEGENERATE: complete graph, arbitrary box") -> Image.Image:
+    """A red frame and a caption on an overlay whose box came from a complete (structureless) graph."""
+    from PIL import ImageDraw
+
+    pen = ImageDraw.Draw(picture)
+    pen.rectangle([0, 0, picture.width - 1, picture.height - 1], outline=(255, 0, 0), width=4)
+    pen.rectangle([0, picture.height - 16, min(picture.width, 6 * len(text) + 8), picture.height], fill=(255, 0, 0))
+    pen.text((4, picture.height - 14), text, fill=(255, 255, 255))
+    return picture

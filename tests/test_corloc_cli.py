@@ -104,3 +104,44 @@ def test_cli_reports_missing_folder(tmp_path, tiny_reg_dir, capsys):
     assert main(["discover", "--model", tiny_reg_dir, "--images", str(tmp_path / "nope"), "--out",
                  str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_world_layout_pad_default_tau_and_degenerate_flag(tiny_reg_dir, tmp_path):
+    """`eval corloc` reads ROOT/images + ROOT/annotations/instances.json, runs the reference protocol (full
+    resolution, zero padding) by default, passes --tau, and records the complete-graph flag per image."""
+    from eval.cli import DISCOVERY_DEFAULT
+    from grounding.discovery import DEFAULT_METHOD
+
+    assert DISCOVERY_DEFAULT == DEFAULT_METHOD
+    root = tmp_path / "world"
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    _photo(root / "images" / "val_000000.png", size=(60, 44))
+    (root / "annotations" / "instances.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "val_000000.png", "width": 60, "height": 44}],
+        "annotations": [{"id": 1, "image_id": 1, "bbox": [0, 0, 60, 44], "iscrowd": 0, "category_id": 1}]}))
+    out = tmp_path / "run"
+    common = ["eval", "corloc", "--dataset", "coco", "--root", str(root), "--model", tiny_reg_dir, "--device", "cpu"]
+    methods = ["--method", "tokencut,tokencut-adaptive"]
+    assert main(common + methods + ["--tau", "-2", "--out", str(out), "--pictures"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["resize_mode"] == "pad" and metrics["config"]["tau"] == -2.0
+    for method in ("tokencut", "tokencut-adaptive"):
+        record = json.loads((out / method / "predictions.jsonl").read_text())
+        assert record["map_size"] == [6, 8]  # 44 x 60 padded to 48 x 64: full resolution, patch 8
+        assert record["degenerate"] is (method == "tokencut")  # tau = -2: every cosine is above it
+        assert metrics["results"][method]["degenerate"] == int(method == "tokencut")
+        assert (out / method / "overlays" / "1.png").exists()  # named by the image id
+    resized = tmp_path / "resized"
+    assert main(common + ["--method", "tokencut", "--out", str(resized), "--resize-mode", "resize",
+                          "--short-side", "16"]) == 0
+    assert json.loads((resized / "tokencut" / "predictions.jsonl").read_text())["map_size"] == [2, 3]
+
+
+def test_unknown_method_and_missing_annotations_are_reported(tiny_reg_dir, tmp_path, capsys):
+    assert main(["eval", "corloc", "--dataset", "coco", "--root", str(tmp_path), "--model", tiny_reg_dir,
+                 "--method", "lost,nope", "--out", str(tmp_path / "o")]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["eval", "corloc", "--dataset", "coco", "--root", str(tmp_path), "--model", tiny_reg_dir,
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "annotations/instances.json" in capsys.readouterr().err
