@@ -35,7 +35,8 @@ from .runner import Item, RunConfig, run_methods
 __all__ = ["WorldDemoConfig", "run_world_demo", "bootstrap_interval", "WORLD_METHODS", "DISCOVERY_METHODS"]
 
 WORLD_METHODS = ("baseline", "highlight", "masked-contrast", "vcd", "region-tokens")
-DISCOVERY_METHODS = ("lost", "tokencut", "dinoseg", "object-dino")
+DISCOVERY_METHODS = ("lost", "tokencut", "dinoseg", "object-dino",  # the references, exactly
+                     "lost-centred", "tokencut-adaptive", "object-dino-adaptive")  # the library's variants
 POPE_SPLITS = ("random", "popular", "adversarial")
 
 
@@ -198,7 +199,8 @@ def discovery_table(world: Path, instances: dict, tower_dir: str, device: str, d
                                  for a in anns], dtype=torch.float32)
         out = tower([load_image(world / "images" / image_info["file_name"])])
         for method in DISCOVERY_METHODS:
-            options = {"object-dino": {"object_dino": discovery_od}, "dinoseg": {"head": dinoseg_head}}.get(method, {})
+            options = ({"object_dino": discovery_od} if method.startswith("object-dino") else
+                       {"head": dinoseg_head} if method == "dinoseg" else {})
             found = discover(method, out, **options)
             correct[method].append(float(iou(found.boxes[0], gt_boxes).max()) >= 0.5)
             predicted = upsample_maps(found.masks[:1].float(), out.patch_scale, out.image_sizes)[0] > 0.5
