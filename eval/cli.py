@@ -167,10 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-side", type=int, default=448)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     group = p.add_argument_group("hallucination world (world-llava on a generated test world)")
-    group.add_argument("--world-images", type=int, default=16, help="test-world images (0: skip the world part)")
+    group.add_argument("--world-images", type=int, default=8, help="test-world images (0: skip the world part)")
     group.add_argument("--world-seed", type=int, default=1)
     group.add_argument("--world-config", default=None, help="a world config YAML (default: the shipped defaults)")
-    group.add_argument("--caption-images", type=int, default=8, help="images captioned for CHAIR")
+    group.add_argument("--caption-images", type=int, default=4, help="images captioned for CHAIR")
     group.add_argument("--methods", default="baseline,highlight,masked-contrast,vcd,region-tokens")
     group.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the 95%% intervals")
     group.add_argument("--retrain", action="store_true",

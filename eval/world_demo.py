@@ -43,8 +43,8 @@ POPE_SPLITS = ("random", "popular", "adversarial")
 @dataclass
 class WorldDemoConfig:
     seed: int = 1
-    images: int = 16  # test-world images (POPE uses those with >= 3 objects)
-    caption_images: int = 8
+    images: int = 8  # test-world images (POPE uses those with >= 3 objects)
+    caption_images: int = 4
     methods: tuple[str, ...] = WORLD_METHODS
     caption_tokens: int = 40
     batch_size: int = 8

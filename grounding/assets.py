@@ -279,9 +279,11 @@ def build_world_llava(directory: Path) -> dict:
     with torch.no_grad():
         expected = peft_model(**inputs).logits
         merged = peft_model.merge_and_unload().eval()
-        error = float((merged(**inputs).logits - expected).abs().max())
-    if error > 1e-3:
-        raise AssetError(f"merged world-llava differs from base + adapter by {error:.2e} (> 1e-3)")
+        got = merged(**inputs).logits
+    # fp32 rounding of W + BA over 30 layers moves logits of magnitude ~30 by ~1e-2; a wrong merge moves them by units
+    error = float((got - expected).abs().max())
+    if error > 5e-2 or not torch.equal(got.argmax(-1), expected.argmax(-1)):
+        raise AssetError(f"merged world-llava differs from base + adapter by {error:.2e} (> 5e-2) or in its argmax")
     staging = directory.with_name(directory.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     merged.save_pretrained(staging)
