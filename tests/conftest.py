@@ -75,3 +75,11 @@ def rng_image():
         return Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8))
 
     return make
+
+
+@pytest.fixture(scope="module")
+def tower(tiny_reg_dir):
+    """The tiny register tower at a 32-pixel short side (modules that need another size define their own)."""
+    from grounding import RegisterViT
+
+    return RegisterViT.from_pretrained(tiny_reg_dir, preprocess={"short_side": 32})

@@ -6,22 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from grounding import RegisterViT
 from grounding.guidance import ObjectGuidance, encode_chat, positions_from_mask
 from grounding.highlight import diffusion_noise, jet_overlay, red_tint, remove_objects
 from grounding.methods import build_method
-from tiny_vlm import make_tiny_llava, make_tiny_llava_next
-
-
-@pytest.fixture(scope="module")
-def tower(tiny_reg_dir):
-    return RegisterViT.from_pretrained(tiny_reg_dir, preprocess={"short_side": 32})
-
-
-def photos(n=2, seed=0):
-    rng = np.random.default_rng(seed)
-    sizes = [(40, 60), (50, 30), (36, 36)]
-    return [Image.fromarray((rng.random((*sizes[i % 3], 3)) * 255).astype(np.uint8)) for i in range(n)]
+from tiny_vlm import make_tiny_llava, make_tiny_llava_next, photos
 
 
 QUESTIONS = ["is there a dog in the image ?", "is there a red bus ?"]

@@ -1,33 +1,19 @@
 """Decoding defaults of the methods: full-softmax sampling, branch choice from the merged generation config,
 the joint path's paired-row check, and per-image VCD noise."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from transformers import GenerationConfig, LogitsProcessor
 
-from grounding import RegisterViT
 from grounding.guidance import (ObjectGuidance, check_paired_rows, encode_chat, highlight_mix, pixel_blocks,
                                 positions_from_mask)
 from grounding.methods import build_method, sampling_settings
 from grounding.sampling import with_reference_sampling
-from tiny_vlm import make_tiny_llava, make_tiny_llava_next
+from tiny_vlm import make_tiny_llava, make_tiny_llava_next, photos
 
 OD = {"k": 2, "restarts": 2}
 QUESTIONS = ["is there a dog in the image ?", "is there a red bus ?"]
 TEMPLATES = ("Answer this question based on the image: {}", "Answer this question by looking at the highlighted region: {}")
-
-
-@pytest.fixture(scope="module")
-def tower(tiny_reg_dir):
-    return RegisterViT.from_pretrained(tiny_reg_dir, preprocess={"short_side": 32})
-
-
-def photos(n=2, seed=0):
-    rng = np.random.default_rng(seed)
-    sizes = [(40, 60), (50, 30), (36, 36)]
-    return [Image.fromarray((rng.random((*sizes[i % 3], 3)) * 255).astype(np.uint8)) for i in range(n)]
 
 
 def last_logits(model, inputs, new):

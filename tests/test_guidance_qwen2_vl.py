@@ -2,34 +2,21 @@
 
 import types
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from grounding import RegisterViT
 from grounding.compat import rope_index_function
 from grounding.guidance import ObjectGuidance, encode_chat, pixel_blocks, positions_from_mask
 from tiny_qwen2_vl import make_tiny_qwen2_vl, vision_token_ids
+from tiny_vlm import photos
 
 OD = {"k": 2, "restarts": 2}
 QUESTIONS = ["is there a dog in the image ?", "is there a red bus ?"]
 
 
-@pytest.fixture(scope="module")
-def tower(tiny_reg_dir):
-    return RegisterViT.from_pretrained(tiny_reg_dir, preprocess={"short_side": 32})
-
-
 @pytest.fixture(scope="module", params=["2", "2.5"], ids=["qwen2-vl", "qwen2.5-vl"])
 def qwen(request):
     return make_tiny_qwen2_vl(version=request.param)
-
-
-def photos(n=2, seed=0):
-    rng = np.random.default_rng(seed)
-    sizes = [(40, 60), (50, 30), (36, 36)]
-    return [Image.fromarray((rng.random((*sizes[i % 3], 3)) * 255).astype(np.uint8)) for i in range(n)]
 
 
 def full_forward_last_logits(model, inputs, new):

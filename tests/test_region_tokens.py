@@ -5,17 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from grounding import RegisterViT
 from grounding.injection import image_feature_owner
 from grounding.region_tokens import RegionConfig, RegionGrounding
 from tiny_vlm import make_tiny_llava
 
 OD = {"k": 2, "restarts": 2}
-
-
-@pytest.fixture(scope="module")
-def tower(tiny_reg_dir):
-    return RegisterViT.from_pretrained(tiny_reg_dir, preprocess={"short_side": 32})
 
 
 def prompt(processor, question="is there a dog ?"):

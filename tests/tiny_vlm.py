@@ -76,3 +76,13 @@ def _generation_ids(model, tokenizer) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
+
+
+def photos(n: int = 2, seed: int = 0) -> list:
+    """n random RGB images of three different sizes."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sizes = [(40, 60), (50, 30), (36, 36)]
+    return [Image.fromarray((rng.random((*sizes[i % 3], 3)) * 255).astype(np.uint8)) for i in range(n)]
