@@ -56,6 +56,15 @@ def test_world_demo_reports_every_method_and_metric(tiny_models, tiny_reg_dir, t
     adversarial = [json.loads(line) for line in (tmp_path / "out" / "pope" / "adversarial.jsonl").read_text().splitlines()]
     assert {q["label"] for q in adversarial} == {"yes", "no"}
 
+    # answers are reused only by a rerun with the same models and settings; other settings start afresh
+    sentinel = tmp_path / "out" / "pope" / "runs" / "baseline" / "sentinel"
+    sentinel.write_text("")
+    again = run_world_demo(tmp_path / "out", cfg)
+    assert sentinel.exists() and again["pope"] == result["pope"]
+    cfg.caption_tokens = 3
+    run_world_demo(tmp_path / "out", cfg)
+    assert not sentinel.exists()
+
 
 def test_bootstrap_interval_covers_the_mean_and_refuses_nothing_finite():
     values = np.random.default_rng(0).normal(10, 2, 200)
