@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 from lightning.pytorch.cli import LightningCLI
@@ -25,6 +26,19 @@ def make_cli(argv: list[str], run: bool = True) -> LightningCLI:
                         save_config_kwargs={"overwrite": True}, seed_everything_default=0)
 
 
+class _NoAdvertisingTips(logging.Filter):
+    """Drops Lightning's "Tip: try installing litlogger / litmodels" lines (printed at every fit)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
 def main(argv: list[str]) -> int:
-    make_cli(argv)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    tips = _NoAdvertisingTips()
+    rank_zero.addFilter(tips)
+    try:
+        make_cli(argv)
+    finally:
+        rank_zero.removeFilter(tips)
     return 0
