@@ -167,11 +167,10 @@ def chair_table(per_caption: list[dict], partners: set[str], draws: int) -> dict
 
 
 # ------------------------------------------------------------------ discovery on the world
-def discovery_table(world: Path, instances: dict, tower_dir: str, device: str, draws: int, map_k: int = 5,
-                    discovery_k: int = 12, dinoseg_head: int = 4) -> dict:
+def discovery_table(world: Path, instances: dict, tower, draws: int, map_k: int = 5, discovery_k: int = 12,
+                    dinoseg_head: int = 4) -> dict:
     from pycocotools import mask as mask_utils
 
-    from grounding.backbone import RegisterViT
     from grounding.discovery import discover
     from grounding.images import load_image
     from grounding.object_dino import ObjectDINO
@@ -179,7 +178,6 @@ def discovery_table(world: Path, instances: dict, tower_dir: str, device: str, d
 
     from .corloc import iou
 
-    tower = RegisterViT.from_pretrained(tower_dir, device=device, preprocess={"short_side": 224})
     maps_od, discovery_od = ObjectDINO(k=map_k), ObjectDINO(k=discovery_k)
     by_image: dict[int, list[dict]] = {}
     for ann in instances["annotations"]:
@@ -235,6 +233,7 @@ def _box_of(mask: np.ndarray) -> torch.Tensor | None:
 # ------------------------------------------------------------------ the whole measurement
 def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
     from grounding import assets
+    from grounding.backbone import RegisterViT
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,6 +243,7 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
     if "region-tokens" in cfg.methods:
         options.setdefault("region-tokens", {}).setdefault("adapter", cfg.regions or str(assets.require(assets.WORLD_REGIONS)))
     world, instances = _world(out, cfg)
+    grounding_tower = RegisterViT.from_pretrained(tower, device=cfg.device, preprocess={"short_side": 224})  # one load: examples + discovery
     _fresh_runs(out, {"config": asdict(cfg), "model": _fingerprint(model), "tower": _fingerprint(tower),
                       "regions": _fingerprint(options.get("region-tokens", {}).get("adapter"))})
     pairs = json.loads((world / "world.json").read_text())["config"]["pairs"]
@@ -264,7 +264,7 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
         pope[method]["answered"] = answered.get(method, {}).get("answered")
     timings["pope_s"] = round(time.perf_counter() - start, 1)
     examples = partner_examples(world, splits["adversarial"], partners, {m: _answers(out / "pope" / "runs" / m)
-                                                                          for m in cfg.methods}, tower, cfg, out)
+                                                                          for m in cfg.methods}, grounding_tower, cfg, out)
 
     chair = {}
     if cfg.caption_images:
@@ -286,7 +286,7 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
         timings["chair_s"] = round(time.perf_counter() - start, 1)
 
     start = time.perf_counter()
-    discovery = discovery_table(world, instances, tower, cfg.device, cfg.bootstrap, cfg.map_k, cfg.discovery_k,
+    discovery = discovery_table(world, instances, grounding_tower, cfg.bootstrap, cfg.map_k, cfg.discovery_k,
                                 cfg.dinoseg_head)
     timings["discovery_s"] = round(time.perf_counter() - start, 1)
 
@@ -299,10 +299,9 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
 
 
 def partner_examples(world: Path, adversarial: list[dict], partners: set[str], answers: dict[str, dict[str, str]],
-                     tower_dir: str, cfg: WorldDemoConfig, out: Path, limit: int = 4) -> list[dict]:
+                     tower, cfg: WorldDemoConfig, out: Path, limit: int = 4) -> list[dict]:
     """The adversarial questions about an ABSENT partner object (the planted prior's trap), with every method's
     answer and what the highlight branch sees (the image tinted where Object-DINO's map is high)."""
-    from grounding.backbone import RegisterViT
     from grounding.highlight import red_tint
     from grounding.images import load_image
     from grounding.object_dino import ObjectDINO
@@ -310,7 +309,6 @@ def partner_examples(world: Path, adversarial: list[dict], partners: set[str], a
     rows = [r for r in adversarial if r["label"] == "no" and r["object"] in partners]
     if not rows:
         return []
-    tower = RegisterViT.from_pretrained(tower_dir, device=cfg.device, preprocess={"short_side": 224})
     object_dino = ObjectDINO(k=cfg.map_k)
     (out / "examples").mkdir(exist_ok=True)
     examples = []

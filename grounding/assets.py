@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["RECIPES", "asset_dir", "is_built", "build", "build_all", "require", "AssetError", "shipped_weights"]
+__all__ = ["RECIPES", "asset_dir", "is_built", "build", "build_all", "require", "AssetError", "shipped_weights",
+           "set_image_size"]
 
 VIT = "dinov2-s14-imgfocus"
 LM = "smollm2-135m-instruct"

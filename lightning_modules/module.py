@@ -61,10 +61,11 @@ class RegionTokensModule(L.LightningModule):
         from peft import LoraConfig, get_peft_model
 
         from eval.runner import load_vlm
+        from grounding.assets import set_image_size
 
         model, processor = load_vlm(self.hparams.vlm, self.hparams.dtype, "cpu")
         if self.hparams.image_size:  # the VLM's input size (image tokens = (size / patch)^2)
-            processor.image_processor.size = {"height": self.hparams.image_size, "width": self.hparams.image_size}
+            set_image_size(processor, self.hparams.image_size)
         self.processor = processor
         self.grounding = RegionGrounding(self.regions_config)
         if self.regions_config.num_regions:
