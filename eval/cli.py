@@ -118,7 +118,7 @@ def _cmd_demo(args) -> int:
     if args.retrain:
         from .retrain import retrain
 
-        retrain(Path(args.out) / "retrain", only=args.retrain_only)
+        retrain(Path(args.out) / "retrain", only=args.retrain_only, gpu=args.retrain_device == "gpu")
     world = None
     if args.world_images:
         from .world_demo import WorldDemoConfig
@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--retrain", action="store_true",
                        help="first rebuild the world-llava and region-token weights from scratch (see README)")
     group.add_argument("--retrain-only", choices=["world-llava", "world-llava-regions"], default=None)
+    group.add_argument("--retrain-device", choices=["cpu", "gpu"], default="cpu",
+                       help="cpu: the 2-core recipes (configs/train/world_*.yaml); gpu: the one-GPU recipes that "
+                            "made the shipped weights (configs/train/world_*_gpu.yaml)")
     p.set_defaults(func=_cmd_demo)
 
     p = commands.add_parser("assets", help="convert packaged checkpoints into Hugging Face folders")

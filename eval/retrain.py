@@ -21,7 +21,8 @@ import yaml
 
 __all__ = ["retrain", "TRAIN_WORLD", "package_adapter"]
 
-TRAIN_WORLD = {"seed": 0, "images": 1200, "split": "train"}
+TRAIN_WORLD = {"seed": 0, "images": 1200, "split": "train"}  # 2 CPU cores: configs/train/world_llava.yaml
+TRAIN_WORLD_GPU = {"seed": 0, "images": 4000, "split": "train"}  # one GPU: configs/train/world_llava_gpu.yaml
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
 
 
@@ -34,13 +35,16 @@ def _config(name: str) -> Path:
 
 
 def _fit(config: Path, work: Path, overrides: list[str]) -> float:
+    """One `grounding fit`; a run killed part way resumes from its last checkpoint (Lightning restores the step)."""
     from lightning_modules.cli import main as fit_main
 
+    last = work / "checkpoints" / "last.ckpt"
+    resume = [f"--ckpt_path={last}"] if last.is_file() else []
     start = time.perf_counter()
     fit_main(["--config", str(config), f"--trainer.default_root_dir={work}",
               f"--trainer.logger.init_args.save_dir={work}",
               f"--trainer.callbacks.init_args.dirpath={work / 'checkpoints'}",
-              f"--model.export_dir={work / 'adapter'}", *overrides])
+              f"--model.export_dir={work / 'adapter'}", *overrides, *resume])
     return time.perf_counter() - start
 
 
@@ -58,51 +62,62 @@ def package_adapter(lora_dir: Path, target: Path) -> None:
 
 
 def retrain(work: str | Path, only: str | None = None, train_images: int | None = None,
-            overrides: list[str] | None = None) -> dict:
-    """Both recipes (or `only` one); `train_images` / `overrides` shrink them for smoke tests."""
+            overrides: list[str] | None = None, gpu: bool = False) -> dict:
+    """Both recipes (or `only` one); `train_images` / `overrides` shrink them for smoke tests.
+
+    gpu=True trains world-llava with configs/train/world_llava_gpu.yaml on `TRAIN_WORLD_GPU` (the shipped weights'
+    recipe); otherwise the 2-CPU recipe. The base models come from this machine's asset cache ($VLM_GROUNDING_CACHE).
+    """
     from grounding import assets
     from grounding.world import build_world
 
     work = Path(work)
     data = Path(__file__).resolve().parents[1] / "grounding" / "data"
-    world = work / "world-train"
+    train_world = dict(TRAIN_WORLD_GPU if gpu else TRAIN_WORLD)
+    if train_images:
+        train_world["images"] = train_images
+    world = work / f"world-train-{train_world['images']}"
     if not (world / "world.json").is_file():
-        build_world(world, TRAIN_WORLD["seed"], train_images or TRAIN_WORLD["images"], TRAIN_WORLD["split"],
-                    overwrite=True)
-    data_args = [*(overrides or []), f"--data.image_root={world / 'images'}",
+        build_world(world, train_world["seed"], train_world["images"], train_world["split"], overwrite=True)
+    device_args = ["--trainer.accelerator=gpu" if gpu else "--trainer.accelerator=cpu"]
+    data_args = [*device_args, *(overrides or []), f"--data.image_root={world / 'images'}",
                  f"--data.instances={world / 'annotations' / 'instances.json'}",
                  f"--data.captions={world / 'annotations' / 'captions.json'}"]
     records = {}
     if only in (None, "world-llava"):
-        seconds = _fit(_config("world_llava.yaml"), work / "world_llava", data_args)
+        seconds = _fit(_config("world_llava_gpu.yaml" if gpu else "world_llava.yaml"), work / "world_llava",
+                       data_args + [f"--model.vlm={assets.build(assets.LLAVA)}"])
         target = data / "world_llava"
         shutil.rmtree(target, ignore_errors=True)
         package_adapter(work / "world_llava" / "adapter" / "lora", target)
-        records["world-llava"] = _recipe(target, work / "world_llava", seconds)
+        records["world-llava"] = _recipe(target, work / "world_llava", seconds, train_world)
         assets.build(assets.WORLD_LLAVA, force=True)
     if only in (None, "world-llava-regions"):
-        seconds = _fit(_config("world_regions.yaml"), work / "world_regions",
-                       data_args + [f"--model.vlm={assets.require(assets.WORLD_LLAVA)}"])
+        seconds = _fit(_config("world_regions_gpu.yaml" if gpu else "world_regions.yaml"), work / "world_regions",
+                       data_args + [f"--model.vlm={assets.require(assets.WORLD_LLAVA)}",
+                                    f"--model.regions.tower={assets.build(assets.VIT)}"])
         target = data / "world_regions"
         shutil.rmtree(target, ignore_errors=True)
         exported = work / "world_regions" / "adapter"
         package_adapter(exported / "lora", target / "lora")
         for name in ("region_projector.safetensors", "region_grounding.json"):
             shutil.copy(exported / name, target / name)
-        records["world-llava-regions"] = _recipe(target, work / "world_regions", seconds)
+        records["world-llava-regions"] = _recipe(target, work / "world_regions", seconds, train_world)
         assets.build(assets.WORLD_REGIONS, force=True)
     return records
 
 
-def _recipe(target: Path, run: Path, seconds: float) -> dict:
+def _recipe(target: Path, run: Path, seconds: float, train_world: dict) -> dict:
     """recipe.json beside the shipped weights: how they were made (config, world, time, final loss)."""
     config = yaml.safe_load(next(run.glob("**/config.yaml")).read_text())
     losses = []
     for metrics in run.glob("**/metrics.csv"):
         losses += [float(r["train/loss"]) for r in csv.DictReader(metrics.open()) if r.get("train/loss")]
-    recipe = {"image_size": config["model"].get("image_size"), "train_world": TRAIN_WORLD,
+    recipe = {"image_size": config["model"].get("image_size"), "train_world": train_world,
               "max_steps": config["trainer"]["max_steps"], "batch_size": config["data"]["batch_size"],
               "train_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
+              "device": torch.cuda.get_device_name() if torch.cuda.is_available() and config["trainer"].get("accelerator") != "cpu"
+              else "cpu",
               "final_loss_mean_last_5_logs": round(sum(losses[-5:]) / max(1, len(losses[-5:])), 4) if losses else None,
               "config": config}
     (target / "recipe.json").write_text(json.dumps(recipe, indent=2, sort_keys=True, default=str) + "\n")

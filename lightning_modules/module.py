@@ -16,7 +16,10 @@
 
 from __future__ import annotations
 
+import math
+from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -27,6 +30,16 @@ from grounding.region_tokens import RegionConfig, RegionGrounding
 __all__ = ["RegionTokensModule", "LORA_TARGETS"]
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def lr_factor(step: int, warmup: int, total: int | None) -> float:
+    """Linear warm-up over `warmup` steps, then constant (total None) or cosine decay to 0.1 at step `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if total is None:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.45 * (1.0 + math.cos(math.pi * progress))
 
 
 class RegionTokensModule(L.LightningModule):
@@ -40,6 +53,7 @@ class RegionTokensModule(L.LightningModule):
         learning_rate: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
         export_dir: str | None = None,
         train_projector: bool = False,
         projector_learning_rate: float | None = None,
@@ -126,10 +140,13 @@ class RegionTokensModule(L.LightningModule):
                   {"params": [p for n, p in named if "lora_" not in n], "lr": projector_lr}]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hparams.learning_rate,
                                       weight_decay=self.hparams.weight_decay)
-        if not self.hparams.warmup_steps:
+        if not self.hparams.warmup_steps and self.hparams.lr_schedule == "constant":
             return optimizer
-        warmup = self.hparams.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        total = self.trainer.max_steps if self.hparams.lr_schedule == "cosine" else None
+        if total is not None and total <= 0:
+            raise ValueError("lr_schedule: cosine needs trainer.max_steps (the step the rate decays to 10% at)")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=self.hparams.warmup_steps,
+                                                                         total=total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------ trainable-only checkpoints

@@ -155,3 +155,27 @@ def test_grouped_questions_pay_the_image_once():
     assert len(turns) == 8 and sum("<image>" in t["value"] for t in turns) == 1 and turns[0]["value"].startswith("<image>\n")
     answers = {t["value"].split("a ")[-1][:-len(" in the image?")]: a["value"] for t, a in zip(turns[::2], turns[1::2])}
     assert answers["dog"] == "Yes" and answers["car"] == "Yes" and sorted(answers.values()).count("No") == 2
+
+
+def test_one_record_per_image_joins_questions_then_caption():
+    from lightning_modules.data import grounded_questions, join_per_image
+
+    instances = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+                 "categories": [{"id": i, "name": n} for i, n in enumerate(["dog", "cat", "car"], 1)],
+                 "annotations": [{"image_id": 1, "category_id": 1}, {"image_id": 2, "category_id": 2}]}
+    captions = [{"image": "b.png", "conversations": [{"from": "human", "value": "<image>\nDescribe."},
+                                                     {"from": "gpt", "value": "A cat."}]}]
+    joined = join_per_image(grounded_questions(instances, per_image=1, seed=0, grouped=True) + captions)
+    assert [r["image"] for r in joined] == ["a.png", "b.png"]
+    turns = joined[1]["conversations"]
+    assert len(turns) == 6 and turns[-2]["value"] == "Describe." and turns[-1]["value"] == "A cat."
+    assert sum("<image>" in t["value"] for t in turns) == 1 and turns[0]["value"].startswith("<image>\n")
+
+
+def test_cosine_schedule_warms_up_then_decays_to_a_tenth():
+    from lightning_modules.module import lr_factor
+
+    assert lr_factor(0, 10, 110) == pytest.approx(0.1) and lr_factor(9, 10, 110) == 1.0
+    assert lr_factor(10, 10, 110) == 1.0 and lr_factor(60, 10, 110) == pytest.approx(0.55)
+    assert lr_factor(110, 10, 110) == pytest.approx(0.1) and lr_factor(500, 10, 110) == pytest.approx(0.1)
+    assert lr_factor(500, 10, None) == 1.0 and lr_factor(3, 0, None) == 1.0
