@@ -208,16 +208,35 @@ class ObjectGuidance:
     # ------------------------------------------------------------------ inputs
     def object_map(self, image: Image.Image) -> torch.Tensor:
         """(H, W) object map at the image's size, computed once per distinct image."""
-        key = _image_key(image)
-        if key in self._maps:
-            self._maps.move_to_end(key)
-            return self._maps[key]
-        full = self.object_dino.object_maps(self.tower([image]), upsample=True)[0].cpu()
-        self.tower_calls += 1
-        self._maps[key] = full
+        return self.object_maps([image])[0]
+
+    def object_maps(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """(H, W) object map of each image at its size. The distinct images not cached yet go through the tower
+        together: one call per tower input size (one call for the whole batch when the tower resizes to a fixed
+        `preprocess.size`, or when the images share a size)."""
+        keys = [_image_key(image) for image in images]
+        missing: dict[str, Image.Image] = {}
+        for key, image in zip(keys, images):
+            if key not in self._maps:
+                missing.setdefault(key, image)
+        groups: dict[tuple[int, int], list[str]] = {}
+        for key, image in missing.items():
+            groups.setdefault(self.tower.input_geometry(image.height, image.width)[1], []).append(key)
+        computed: dict[str, torch.Tensor] = {}
+        for group in groups.values():
+            maps = self.object_dino.object_maps(self.tower([missing[key] for key in group]), upsample=True)
+            self.tower_calls += 1
+            computed.update((key, full.cpu()) for key, full in zip(group, maps))
+        found = []
+        for key in keys:
+            if key in computed:
+                self._maps[key] = computed[key]
+            else:
+                self._maps.move_to_end(key)
+            found.append(computed[key] if key in computed else self._maps[key])
         while len(self._maps) > self.config.cache_size:
             self._maps.popitem(last=False)
-        return full
+        return found
 
     def _texts(self, prompts: Sequence[str]) -> tuple[list[str], list[str]]:
         if self.config.mode != "highlight":
@@ -225,21 +244,31 @@ class ObjectGuidance:
         original, guided = CAPTION_TEMPLATES if self.config.task == "caption" else QUESTION_TEMPLATES
         return [original.format(prompt=p) for p in prompts], [guided.format(prompt=p) for p in prompts]
 
-    def _branch_image(self, image: Image.Image) -> Image.Image:
+    def _branch_image(self, image: Image.Image, object_map: torch.Tensor | None = None) -> Image.Image:
         cfg = self.config
         if cfg.mode == "vcd":
             return image
-        object_map = self.object_map(image)
+        object_map = self.object_map(image) if object_map is None else object_map
         if cfg.mode == "highlight":
             return jet_overlay(image, object_map) if cfg.task == "caption" else red_tint(image, object_map, cfg.map_threshold)
         return remove_objects(image, object_map, cfg.map_threshold, cfg.fill)
 
     def _both(self, images: Sequence, prompts: Sequence[str]) -> tuple[list, list[str], list, list[str]]:
+        """Originals and branches; the object maps of the whole batch come from one tower call per input size,
+        and an image that occurs several times (POPE: several questions per image) is drawn once."""
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images vs {len(prompts)} prompts")
         pils = [as_pil(image) for image in images]
         original_texts, branch_texts = self._texts(prompts)
-        return pils, original_texts, [self._branch_image(im) for im in pils], branch_texts
+        maps = self.object_maps(pils) if self.config.mode != "vcd" else [None] * len(pils)
+        drawn: dict[str, Image.Image] = {}
+        branches = []
+        for image, object_map in zip(pils, maps):
+            key = _image_key(image)
+            if key not in drawn:
+                drawn[key] = self._branch_image(image, object_map)
+            branches.append(drawn[key])
+        return pils, original_texts, branches, branch_texts
 
     def _noise(self, encoded: dict, images: Sequence[Image.Image], first: int = 0) -> None:
         """VCD: noise the pixels of images first, first + 1, ... of `encoded` in place, each from its own seed."""
