@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from grounding.images import ImageError, load_image
 from grounding.methods import build_method, needs_tower
+from grounding.prefix_cache import PrefixCache
 
 from .records import JsonlLog, run_metadata, write_json
 
@@ -56,6 +57,7 @@ class RunConfig:
     device: str | None = None
     max_image_side: int | None = 2048  # photos are decoded at no more than this (None: full size)
     method_options: dict = field(default_factory=dict)  # {method name: {option: value}}
+    share_prefixes: bool = True  # rows of one image reuse its prompt prefix's KV cache (same answers; POPE)
 
     def __post_init__(self):
         if isinstance(self.methods, str):
@@ -145,6 +147,8 @@ def run_methods(config: RunConfig, items: Sequence[Item], task: str,
         options = {"task": task} if name != "baseline" else {}
         options.update(config.method_options.get(name, {}))
         method = build_method(name, tower, processor, **options)
+        if config.share_prefixes and hasattr(method, "prefix_cache") and len({it.image for it in items}) < len(items):
+            method.prefix_cache = PrefixCache()  # several items per image: compute each image's prefix once
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         own, done = _shard_logs(folder, state.process_index)

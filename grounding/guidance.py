@@ -32,6 +32,10 @@ Models with multimodal rotary positions (Qwen2-VL, Qwen2.5-VL): the separate bra
 position ids with the model's own `get_rope_index`, as generate() does, and never touches the model's cached
 `rope_deltas` (generate()'s own rows keep theirs). Other `get_rope_index` models are refused on that path.
 
+Prefix sharing (`ObjectGuidance.prefix_cache`, a `grounding.prefix_cache.PrefixCache`): the rows that show the
+same image (original or branch image) continue from one KV cache of its prompt prefix, on both paths; the answers
+are the same as without it.
+
 VCD noise is drawn per image, from a seed derived from the image's pixels and `GuidanceConfig.seed`, so an
 image's noised branch does not depend on what it is batched with.
 """
@@ -53,6 +57,7 @@ from .compat import merged_generation_config, multimodal_position_ids, rope_inde
 from .highlight import diffusion_noise, jet_overlay, red_tint, remove_objects
 from .images import as_pil
 from .object_dino import ObjectDINO, ObjectDINOConfig
+from .prefix_cache import PrefixCache, generate_new_tokens
 from .sampling import sampling_settings, with_reference_sampling
 
 __all__ = ["GuidanceConfig", "BranchLogitsProcessor", "PairedMixLogitsProcessor", "ObjectGuidance", "highlight_mix",
@@ -103,7 +108,8 @@ class BranchLogitsProcessor(LogitsProcessor):
     """Runs `model` on its own inputs alongside generate() and mixes the two next-token logits.
 
     branch: input_ids (B, T'), attention_mask (B, T') left-padded, plus image inputs (pixel_values, ...) used on
-    the first step only. Single use: the KV cache lives until `release()` or until the processor is dropped.
+    the first step only; or input_ids, attention_mask and a `past_key_values` cache pre-filled with the first
+    positions (a `grounding.prefix_cache.SharedPrompt`), continued from there. Single use: the KV cache lives until `release()` or until the processor is dropped.
     """
 
     def __init__(self, model, branch: dict[str, torch.Tensor], mix: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
@@ -126,7 +132,13 @@ class BranchLogitsProcessor(LogitsProcessor):
             positions = positions_from_mask(self.attention_mask)  # (B, T')
             if self.rope_index is not None:
                 positions = multimodal_position_ids(self.rope_index, self.branch, positions)  # (4, B, T')
-            out = self.model(**self.branch, position_ids=positions, use_cache=True)
+            prefilled = self.branch.get("past_key_values")  # a shared prefix (`grounding.prefix_cache`)
+            if prefilled is not None:
+                start = prefilled.get_seq_length()
+                out = self.model(input_ids=self.branch["input_ids"][:, start:], attention_mask=self.attention_mask,
+                                 position_ids=positions[..., start:], past_key_values=prefilled, use_cache=True)
+            else:
+                out = self.model(**self.branch, position_ids=positions, use_cache=True)
             self.positions = positions[..., -1:]
         else:
             self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(batch, 1)], dim=1)
@@ -204,6 +216,7 @@ class ObjectGuidance:
         self._pending: dict[int, tuple[dict, weakref.ref]] = {}  # id(input_ids) -> (branch inputs, model)
         self.tower_calls = 0
         self.generation_settings: dict | None = None  # decoding settings of the last generate() call
+        self.prefix_cache: PrefixCache | None = None  # set to share image prefixes across rows (same answers)
 
     # ------------------------------------------------------------------ inputs
     def object_map(self, image: Image.Image) -> torch.Tensor:
@@ -279,12 +292,16 @@ class ObjectGuidance:
                 seed = _noise_seed(self.config.seed, _image_key(image), part)
                 block.copy_(diffusion_noise(block, self.config.noise_step, seed=seed))
 
-    def prepare(self, model, images: Sequence, prompts: Sequence[str]) -> dict:
-        """Main-branch inputs for `model.generate(**inputs, logits_processor=guide.logits_processors(inputs))`."""
+    def _encode_pair(self, model, images: Sequence, prompts: Sequence[str]) -> tuple[dict, dict]:
         pils, original_texts, branch_images, branch_texts = self._both(images, prompts)
         inputs = encode_chat(self.processor, pils, original_texts, model.device, model.dtype)
         branch = encode_chat(self.processor, branch_images, branch_texts, model.device, model.dtype)
         self._noise(branch, branch_images)
+        return inputs, branch
+
+    def prepare(self, model, images: Sequence, prompts: Sequence[str]) -> dict:
+        """Main-branch inputs for `model.generate(**inputs, logits_processor=guide.logits_processors(inputs))`."""
+        inputs, branch = self._encode_pair(model, images, prompts)
         self._pending[id(inputs["input_ids"])] = (branch, weakref.ref(model))
         return inputs
 
@@ -322,14 +339,16 @@ class ObjectGuidance:
                                     "branches": "joint" if joint else "separate"}
         if joint:
             return self._generate_joint(model, images, prompts, user_processors, **generate_kwargs)
-        inputs = self.prepare(model, images, prompts)
-        processors = self.logits_processors(inputs)
+        inputs, branch = self._encode_pair(model, images, prompts)
+        cache = self.prefix_cache
+        if cache is not None and cache.unsupported(model, inputs) is None and cache.unsupported(model, branch) is None:
+            inputs, branch = cache.prepare(model, inputs).generate_inputs(), cache.prepare(model, branch).generate_inputs()
+        processor = BranchLogitsProcessor(model, branch, self.mix())
         try:
-            output = model.generate(**inputs, logits_processor=LogitsProcessorList([*processors, *user_processors]),
+            output = model.generate(**inputs, logits_processor=LogitsProcessorList([processor, *user_processors]),
                                     **generate_kwargs)
         finally:
-            for processor in processors:
-                processor.release()
+            processor.release()
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
 
@@ -345,8 +364,8 @@ class ObjectGuidance:
         batch = len(images)
         inputs = self.joint_inputs(model, images, prompts)
         processors = LogitsProcessorList([PairedMixLogitsProcessor(self.mix()), *user_processors])
-        output = model.generate(**inputs, logits_processor=processors, **generate_kwargs)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (2B, S)
+        new_tokens = generate_new_tokens(model, inputs, self.prefix_cache, logits_processor=processors,
+                                         **generate_kwargs)  # (2B, S)
         check_paired_rows(new_tokens, batch)
         return self.processor.batch_decode(new_tokens[:batch], skip_special_tokens=True)
 
