@@ -90,7 +90,7 @@ def _image_digest(inputs: dict, row: int) -> bytes:
 class PrefixCache:
     """An LRU of prefix keys/values (at most `max_prefixes`) and the assembly of per-row caches for generate()."""
 
-    def __init__(self, max_prefixes: int = 16):
+    def __init__(self, max_prefixes: int = 8):
         if max_prefixes < 1:
             raise ValueError(f"max_prefixes must be >= 1, got {max_prefixes}")
         self.max_prefixes = max_prefixes
