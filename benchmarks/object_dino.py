@@ -6,7 +6,8 @@
 
 Random weights of the real shapes (DINOv2 with 4 registers, 12 layers), 224 x 224 inputs. Three pipelines run
 side by side, in rounds (each round times every pipeline once; the table takes each one's median over rounds),
-so a busy machine slows all of them alike:
+so a busy machine slows all of them alike; on a CPU the clock is this process's CPU time (`--clock`), which other
+jobs sharing the cores barely move:
 
 * bare tower: the Hugging Face model's forward, nothing captured;
 * library: `RegisterViT` (q/k/v captured) + `ObjectDINO(k=5).object_maps` on the whole batch;
@@ -126,7 +127,7 @@ class ReleasePipeline:
 
 
 # ---------------------------------------------------------------- timing
-def rounds(pipelines: dict, device: str, repeats: int) -> dict[str, float]:
+def rounds(pipelines: dict, device: str, repeats: int, clock) -> dict[str, float]:
     """Median seconds of each pipeline over `repeats` rounds; every round runs each pipeline once (after a warm-up)."""
     for fn in pipelines.values():
         fn()
@@ -134,10 +135,10 @@ def rounds(pipelines: dict, device: str, repeats: int) -> dict[str, float]:
     for _ in range(repeats):
         for name, fn in pipelines.items():
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             fn()
             sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -151,7 +152,12 @@ def main() -> None:
     parser.add_argument("--shapes", default="ViT-S/14,ViT-B/14")
     parser.add_argument("--no-release", action="store_true", help="skip the release-style pipeline")
     parser.add_argument("--discovery", action="store_true", help="also time tower + discovery (TokenCut, k 12)")
+    parser.add_argument("--clock", choices=["auto", "process", "wall"], default="auto",
+                        help="process: this process's CPU seconds (all its threads), unmoved by other jobs on a shared "
+                             "CPU; wall: elapsed seconds (what a GPU needs); auto: process on CPU, wall on GPU")
     args = parser.parse_args()
+    clock_name = args.clock if args.clock != "auto" else ("wall" if args.device.startswith("cuda") else "process")
+    clock = time.process_time if clock_name == "process" else time.perf_counter
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
     rows = []
@@ -178,11 +184,11 @@ def main() -> None:
                 from grounding.discovery import discover
 
                 pipelines["discovery"] = lambda p=pixels: discover("object-dino", tower(p), object_dino=discovery)
-            t = rounds(pipelines, args.device, args.repeats)
+            t = rounds(pipelines, args.device, args.repeats, clock)
             rows.append((shape, batch, t))
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\ndevice: {device}; dtype {args.dtype}; {args.size}x{args.size}; torch {torch.__version__}; "
-          f"median of {args.repeats} rounds\n")
+          f"median of {args.repeats} rounds; {clock_name} seconds\n")
     header = "| shape | batch | bare tower img/s | library tower+maps img/s | maps share of tower |"
     if not args.no_release:
         header += " release-style img/s | library / release (end to end) | release / library overhead |"

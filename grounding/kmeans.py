@@ -27,7 +27,7 @@ class KMeansResult:
 def _sq_dist(x: torch.Tensor, c: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
     """(P, M, D), (P, k, D) -> (P, M, k) squared Euclidean distances, clamped at 0; x_sq: (P, M, 1) |x|^2 if known."""
     x_sq = (x * x).sum(-1, keepdim=True) if x_sq is None else x_sq
-    d = x_sq - 2 * x @ c.transpose(1, 2) + (c * c).sum(-1).unsqueeze(1)
+    d = x_sq - 2 * (x @ c.transpose(1, 2)) + (c * c).sum(-1).unsqueeze(1)  # 2 * (x c^T): the same bits as (2x) c^T
     return d.clamp_min_(0)
 
 
