@@ -47,8 +47,13 @@ def build(shape: str, device: str, dtype: torch.dtype):
                                         eos_token="</s>", additional_special_tokens=["<image>"])
     config = LlavaConfig(vision_config=CLIPVisionConfig(**spec["vision"]), text_config=LlamaConfig(**spec["text"]),
                          image_token_id=4)
-    with torch.device(device):
-        model = LlavaForConditionalGeneration(config).to(dtype).eval()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in the target dtype: a 7B model never exists in fp32 (28 GB)
+    try:
+        with torch.device(device):
+            model = LlavaForConditionalGeneration(config).to(dtype).eval()
+    finally:
+        torch.set_default_dtype(previous)
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = 3
     size = spec["vision"]["image_size"]
