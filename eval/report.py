@@ -11,8 +11,8 @@ from grounding.viz import new_figure
 
 __all__ = ["write_report", "load_runs"]
 
-POPE_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio", "unknown", "questions")
-CHAIR_KEYS = ("chair_s", "chair_i", "recall", "mean_length", "captions")
+POPE_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio", "unknown", "questions", "scored", "skipped")
+CHAIR_KEYS = ("chair_s", "chair_i", "recall", "mean_length", "captions", "scored", "skipped")
 
 
 def load_runs(folders: list[str | Path]) -> list[dict]:

@@ -220,13 +220,28 @@ def _check_keys(items: Sequence[Item]) -> None:
 def run_methods(config: RunConfig, items: Sequence[Item], task: str,
                 score: Callable[[list[dict]], dict], extra_config: dict | None = None) -> dict:
     """Generate for every method and item not yet done; return {method: metrics} (on the main process)."""
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = _process_state(config)
     out = Path(config.out)
     lock = LOCK_NAME if state.process_index == 0 else f"{LOCK_NAME}.{state.process_index}"
     with RunLock(out, lock):
         return _run_locked(config, items, task, score, extra_config, state)
+
+
+def _process_state(config: RunConfig):
+    """accelerate's view of the processes; CPU processes form a (gloo) group only when asked for the CPU, and
+    processes launched together that did not form one would each do all the work: refused."""
+    import os
+
+    from accelerate import PartialState
+
+    cpu = (os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+           or str(config.device or "").startswith("cpu") or not torch.cuda.is_available())
+    state = PartialState(cpu=cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched != state.num_processes:
+        raise RuntimeError(f"{launched} processes were launched (WORLD_SIZE) but accelerate sees {state.num_processes}: "
+                           "they would each do all the work. Launch with `accelerate launch` (add --cpu without a GPU)")
+    return state
 
 
 def _run_locked(config: RunConfig, items: Sequence[Item], task: str, score: Callable[[list[dict]], dict],
