@@ -296,13 +296,16 @@ def _run_locked(config: RunConfig, items: Sequence[Item], task: str, score: Call
             with bound:
                 _generate_all(method, model, todo, own, config, bar, stamp)
             bar.close()
-            # what decoding really ran with (sampling warpers included)
+            # what decoding really ran with (sampling warpers included), kept for runs that only resume
             generation = getattr(method, "generation_settings", None)
+            if generation is not None:
+                write_json(folder / "generation.json", {"run": stamp, "generation": generation})
         write_json(_finished_marker(folder, state.process_index), {"run": stamp, "world": state.num_processes})
         state.wait_for_everyone()
         if state.is_main_process:
             results[name] = _merge_and_score(folder, name, stamp, order, state.num_processes, score)
-            results[name]["generation"] = generation
+            saved = json.loads((folder / "generation.json").read_text()) if (folder / "generation.json").is_file() else {}
+            results[name]["generation"] = generation or (saved.get("generation") if saved.get("run") == stamp else None)
             write_json(folder / "metrics.json", results[name])
     if state.is_main_process:
         summary = {m: {k: v for k, v in r.items() if k != "per_caption"} for m, r in results.items()}

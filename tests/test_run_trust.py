@@ -83,6 +83,9 @@ def test_other_settings_or_inputs_are_refused_until_overwrite(tiny_llava_dir, be
     # the same settings resume (nothing redone); --overwrite starts afresh under the new ones
     assert main(_pope(tiny_llava_dir, bench, partial, "--max-new-tokens", "2")) == 0
     assert len(shard.read_text().splitlines()) == 8
+    assert main(_pope(tiny_llava_dir, bench, partial, "--max-new-tokens", "2")) == 0  # all done: nothing generated
+    generation = json.loads((partial / "metrics.json").read_text())["results"]["baseline"]["generation"]
+    assert generation["max_new_tokens"] == 2 and generation["do_sample"] is False  # still recorded
     assert main(_pope(tiny_llava_dir, bench, out, "--max-new-tokens", "3", "--overwrite")) == 0
     settings = json.loads((out / "baseline" / "settings.json").read_text())
     records = _rows(out / "baseline" / "predictions.jsonl")
