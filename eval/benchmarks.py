@@ -39,13 +39,15 @@ class PopeBenchmark:
         if unlabelled:
             raise ValueError(f"{self.questions}: {len(unlabelled)} questions have no label (e.g. {unlabelled[:3]}); "
                              "POPE needs a yes/no label per question to score")
-        metrics = pope_metrics([p["label"] for p in answered], [parse_answer(p["answer"], self.parser) for p in answered])
+        metrics = pope_metrics([p["label"] for p in answered],
+                               [parse_answer(p["answer"], self.parser) for p in answered])
         return {**metrics, "parser": self.parser}
 
 
 def chair_image_ids(annotations: str | Path, num_images: int, seed: int) -> list[dict]:
     """A fixed random list of val2014 images (id + file name) for a seed."""
-    data = read_json(Path(annotations) / "instances_val2014.json", "CHAIR needs --annotations with the COCO file")
+    data = read_json(Path(annotations) / "instances_val2014.json", "COCO instances file (--annotations)",
+                     ("images", "annotations", "categories"))
     images = sorted(data["images"], key=lambda im: im["id"])
     chosen = random.Random(seed).sample(images, min(num_images, len(images)))
     return [{"image_id": im["id"], "file_name": im["file_name"]} for im in chosen]

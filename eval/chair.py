@@ -130,7 +130,7 @@ def ground_truth_from_coco(annotations_dir: str | Path, scorer: ChairScorer | No
         instances, captions = directory / f"instances_{split}.json", directory / f"captions_{split}.json"
         if instances.is_file():
             found_any = True
-            data = read_json(instances, "COCO instances file")
+            data = read_json(instances, "COCO instances file", ("annotations", "categories"))
             names = {c["id"]: c["name"] for c in data["categories"]}
             for image in data.get("images", []):
                 truth.setdefault(image["id"], set())  # an image with no objects has an empty ground truth
@@ -138,7 +138,7 @@ def ground_truth_from_coco(annotations_dir: str | Path, scorer: ChairScorer | No
                 truth.setdefault(ann["image_id"], set()).add(scorer.synonym_to_category[names[ann["category_id"]]])
         if captions.is_file():
             found_any = True
-            data = read_json(captions, "COCO captions file")
+            data = read_json(captions, "COCO captions file", ("annotations",))
             for image in data.get("images", []):
                 truth.setdefault(image["id"], set())
             for ann in data["annotations"]:

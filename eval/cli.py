@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=DISCOVERY_DEFAULT,
                    help="lost, tokencut, dinoseg, object-dino (the references) or lost-centred, tokencut-adaptive, "
                         f"object-dino-adaptive (default: {DISCOVERY_DEFAULT}); see docs/discovery.md")
-    p.add_argument("--overwrite", action="store_true", help="delete --out's earlier boxes instead of refusing other settings")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete --out's earlier boxes instead of refusing other settings")
     p.set_defaults(func=_cmd_discover)
 
     p = commands.add_parser("demo", help="the main job on the embedded default (offline, real weights and photos)")

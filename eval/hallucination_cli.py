@@ -45,7 +45,8 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
                         help="delete the methods' earlier answers in --out instead of refusing other settings")
 
 
-def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv_flags: set[str]) -> argparse.Namespace:
+def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   argv_flags: set[str]) -> argparse.Namespace:
     """Fill options not given on the command line from --config; unknown keys and values the flag would refuse
     are an error naming the file and the key."""
     if not args.config:
@@ -58,7 +59,8 @@ def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace, ar
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"--config {path}{where}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
+        problem = getattr(error, "problem", None) or error
+        raise ValueError(f"--config {path}{where}: not valid YAML ({problem})") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"--config {path}: expected option: value pairs, got a {type(data).__name__}")
@@ -145,7 +147,8 @@ def _cmd_chair(args) -> int:
     bench.check_truth()  # the ground truth is read (and checked) before any model loads
     results = run_methods(config, bench.items(), bench.task, bench.score,
                           {"num_images": args.num_images, "annotations": args.annotations})
-    write_json(Path(args.out) / "image_ids.json", {"seed": args.seed, "num_images": args.num_images, "images": image_list})
+    write_json(Path(args.out) / "image_ids.json",
+               {"seed": args.seed, "num_images": args.num_images, "images": image_list})
     for method, m in results.items():
         print(f"{method:16s} CHAIR_s {m['chair_s']:6.2f}  CHAIR_i {m['chair_i']:6.2f}  recall {m['recall']:6.2f}  "
               f"len {m['mean_length']:6.1f}  scored {m['scored']}  skipped {m['skipped']}")
@@ -249,7 +252,8 @@ def _cmd_score(args) -> int:
             raise ValueError("chair needs --annotations DIR (COCO 2014 instances_/captions_*.json) or --ground-truth "
                              "FILE (JSON image id -> object names)")
         captions = _captions(args.captions)
-        truth = ground_truth_from_json(args.ground_truth) if args.ground_truth else ground_truth_from_coco(args.annotations)
+        truth = (ground_truth_from_json(args.ground_truth) if args.ground_truth
+                 else ground_truth_from_coco(args.annotations))
         truth = {str(k): v for k, v in truth.items()}  # 1 and "1" are the same image
         missing = [c["image_id"] for c in captions if str(c["image_id"]) not in truth]
         if missing:
@@ -278,7 +282,7 @@ def _cmd_build_pope(args) -> int:
 
     from .records import read_json
 
-    instances = read_json(args.instances, "--instances file")
+    instances = read_json(args.instances, "COCO instances file (--instances)", ("images", "annotations", "categories"))
     questions = build_pope(instances, args.split, args.num_images, args.seed)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("".join(json.dumps(q) + "\n" for q in questions))

@@ -119,7 +119,8 @@ def check_questions(rows: list[tuple[int, dict]], path: Path, where: str = "line
             raise ValueError(f"{here}: expected a JSON object, got {type(row).__name__}")
         missing = [f for f in ("question_id", "image", "text") if f not in row]
         if missing:
-            raise ValueError(f"{here}: question lacks {missing} (each needs question_id, image, text and a yes/no label)")
+            raise ValueError(f"{here}: question lacks {missing} (each needs question_id, image, text and a yes/no "
+                             "label)")
         key = str(question_id(row["question_id"], here))
         if key in seen:
             raise ValueError(f"{here}: question_id {row['question_id']!r} again ({where} {seen[key]} has it); ids must "

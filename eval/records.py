@@ -56,8 +56,9 @@ class JsonlLog:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{self.path} line {number}: not valid JSON ({error.msg}); the run folder is damaged: "
-                                 "delete that line (its item is then redone) or start afresh with --overwrite") from None
+                raise ValueError(f"{self.path} line {number}: not valid JSON ({error.msg}); the run folder is "
+                                 "damaged: delete that line (its item is then redone) or start afresh with "
+                                 "--overwrite") from None
             if not isinstance(record, dict) or self.key not in record:
                 raise ValueError(f"{self.path} line {number}: not a record with {self.key!r}; delete that line or "
                                  "start afresh with --overwrite")
@@ -105,15 +106,22 @@ def read_jsonl(path: str | Path, what: str = "file") -> Iterator[tuple[int, dict
         yield number, row
 
 
-def read_json(path: str | Path, what: str = "file") -> Any:
-    """A user's JSON file; a missing file or invalid JSON is an error naming the file (and line)."""
+def read_json(path: str | Path, what: str = "file", keys: tuple[str, ...] = ()) -> Any:
+    """A user's JSON file; a missing file, invalid JSON, or (with `keys`) an object without those keys is an
+    error naming the file (and line)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} line {error.lineno}: not valid JSON ({error.msg})") from None
+    if keys:
+        missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise ValueError(f"{path}: not a {what}: no {', '.join(map(repr, missing))} "
+                             f"(it needs {', '.join(map(repr, keys))})")
+    return data
 
 
 def package_versions() -> dict[str, str]:

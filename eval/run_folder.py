@@ -62,7 +62,8 @@ def weights_identity(name: str | None) -> str | None:
     path = path.resolve()
     if (path / "DONE.json").is_file():
         return f"{path}:{hashlib.sha256((path / 'DONE.json').read_bytes()).hexdigest()[:16]}"
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*")
+                                                 if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
     stats = [(str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     return f"{path}:{fingerprint({'files': stats})}"
 

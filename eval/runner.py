@@ -88,13 +88,15 @@ class RunConfig:
         if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if not isinstance(self.method_options, dict):
-            raise ValueError(f"method options must be an object {{method: {{option: value}}}}, got {self.method_options!r}")
+            raise ValueError(f"method options must be an object {{method: {{option: value}}}}, got "
+                             f"{self.method_options!r}")
         for name in self.methods:  # unknown methods, misspelled options: refused before any model loads
             check_method_options(name, self.method_options.get(name, {}))
         stray = sorted(set(self.method_options) - set(self.methods))
         if stray:
-            raise ValueError(f"method options for {', '.join(map(repr, stray))}, which {'is' if len(stray) == 1 else 'are'} "
-                             f"not among the methods run ({', '.join(self.methods)}): a misspelled method name?")
+            raise ValueError(f"method options for {', '.join(map(repr, stray))}, which "
+                             f"{'is' if len(stray) == 1 else 'are'} not among the methods run "
+                             f"({', '.join(self.methods)}): a misspelled method name?")
 
 
 def load_vlm(name: str, dtype: str, device: str):
@@ -239,8 +241,8 @@ def _process_state(config: RunConfig):
     state = PartialState(cpu=cpu)
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if launched != state.num_processes:
-        raise RuntimeError(f"{launched} processes were launched (WORLD_SIZE) but accelerate sees {state.num_processes}: "
-                           "they would each do all the work. Launch with `accelerate launch` (add --cpu without a GPU)")
+        raise RuntimeError(f"{launched} processes were launched (WORLD_SIZE) but accelerate sees "
+                           f"{state.num_processes}: they would each do all the work. Launch with `accelerate launch` (add --cpu without a GPU)")
     return state
 
 
@@ -288,8 +290,9 @@ def _run_locked(config: RunConfig, items: Sequence[Item], task: str, score: Call
                 loaded["tower"] = RegisterViT.from_pretrained(config.tower, device=device,
                                                               preprocess={"short_side": config.tower_short_side})
             model = loaded["model"]
+            options = {"task": task} if name != "baseline" else {}
             method = build_method(name, loaded.get("tower"), loaded["processor"],
-                                  **({"task": task} if name != "baseline" else {}), **config.method_options.get(name, {}))
+                                  **options, **config.method_options.get(name, {}))
             bar = tqdm(total=len(todo), desc=f"{name} [{state.process_index}]", unit="item",
                        disable=not state.is_local_main_process and state.num_processes > 1)
             bound = method.bind(model) if hasattr(method, "bind") else contextlib.nullcontext()
@@ -304,7 +307,8 @@ def _run_locked(config: RunConfig, items: Sequence[Item], task: str, score: Call
         state.wait_for_everyone()
         if state.is_main_process:
             results[name] = _merge_and_score(folder, name, stamp, order, state.num_processes, score)
-            saved = json.loads((folder / "generation.json").read_text()) if (folder / "generation.json").is_file() else {}
+            record = folder / "generation.json"
+            saved = json.loads(record.read_text()) if record.is_file() else {}
             results[name]["generation"] = generation or (saved.get("generation") if saved.get("run") == stamp else None)
             write_json(folder / "metrics.json", results[name])
     if state.is_main_process:

@@ -53,8 +53,8 @@ def _check_value(value, hint, where: str) -> None:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
-            raise ValueError(f"{where} takes an object of options ({', '.join(f.name for f in dataclasses.fields(hint))}), "
-                             f"got {value!r}")
+            names = ", ".join(f.name for f in dataclasses.fields(hint))
+            raise ValueError(f"{where} takes an object of options ({names}), got {value!r}")
         _check_dataclass(hint, value, where)
     elif origin is typing.Literal:
         if value not in args:

@@ -43,7 +43,8 @@ def test_config_yaml_is_parsed_and_typed_like_the_flags(inputs, tmp_path, capsys
     assert main(_pope(inputs, "--config", str(config))) == 2
     assert f"--config {config} line 3: not valid YAML" in _error(capsys)
     for text, message in (("- a\n- b\n", "expected option: value pairs, got a list"),
-                          ("parser: offical\n", "parser (--parser) must be one of official, strict, substring, got 'offical'"),
+                          ("parser: offical\n",
+                           "parser (--parser) must be one of official, strict, substring, got 'offical'"),
                           ("dtype: bf16\n", "dtype (--dtype) must be one of float32, bfloat16, float16"),
                           ("batch_size: 8.5\n", "batch_size (--batch-size) expected an integer, got 8.5"),
                           ("max_new_tokens: 0\n", "max_new_tokens (--max-new-tokens) must be >= 1, got 0"),
@@ -67,9 +68,11 @@ def test_config_yaml_is_parsed_and_typed_like_the_flags(inputs, tmp_path, capsys
 def test_method_options_are_checked_before_any_model_loads(inputs, capsys):
     for options, message in (('{"highlight": {"alhpa": 0.4}}', "highlight: unknown option(s) 'alhpa'; it takes alpha"),
                              ('{"hihglight": {"alpha": 0.4}}', "method options for 'hihglight', which is not among"),
-                             ('{"highlight": {"object_dino": {"kk": 2}}}', "highlight.object_dino: unknown option(s) 'kk'"),
+                             ('{"highlight": {"object_dino": {"kk": 2}}}',
+                              "highlight.object_dino: unknown option(s) 'kk'"),
                              ('{"highlight": {"alpha": "0.4"}}', "highlight.alpha must be a number, got '0.4'"),
-                             ('{"vcd": {"branches": "jiont"}}', "vcd.branches must be one of 'auto', 'separate', 'joint'"),
+                             ('{"vcd": {"branches": "jiont"}}',
+                              "vcd.branches must be one of 'auto', 'separate', 'joint'"),
                              ('{"baseline": {"alpha": 1}}', "baseline: unknown option(s) 'alpha'; it takes none"),
                              ('[1]', "--method-options must be a JSON object of method: {option: value}"),
                              ('{"highlight": 3}', "--method-options must be a JSON object of method: {option: value}"),
@@ -135,7 +138,8 @@ def test_score_files_are_checked_line_by_line(tmp_path, capsys):
                           ([{"question_id": 1, "text": "yes"}, '{"question_id": 2, "text": "no"'],
                            "a.jsonl line 2: not valid JSON"),
                           ([{"question_id": 1, "text": "yes"}], "no answers for 1 of 2 questions (e.g. [2])"),
-                          ([{"question_id": 1, "text": "y"}, {"question_id": 2, "text": "n"}, {"question_id": 9, "text": "n"}],
+                          ([{"question_id": 1, "text": "y"}, {"question_id": 2, "text": "n"},
+                            {"question_id": 9, "text": "n"}],
                            "answers for 1 question ids not in the question file"),
                           ([{"question_id": 1, "reply": "yes"}], "a.jsonl line 1: no answer field")):
         assert score(rows) == 2, rows
@@ -166,3 +170,28 @@ def test_score_files_are_checked_line_by_line(tmp_path, capsys):
     truth.write_text(json.dumps({"1": "dog"}))
     assert main(chair + ["--ground-truth", str(truth)]) == 2
     assert "image '1' must map to a list of object names" in _error(capsys)
+
+
+def test_coco_files_and_run_folders_are_named_when_wrong(tmp_path, capsys):
+    bad, partial = tmp_path / "bad.json", tmp_path / "partial.json"
+    bad.write_text("{")
+    partial.write_text(json.dumps({"images": []}))
+    for argv, message in ((["eval", "build-pope", "--instances", str(bad), "--out", str(tmp_path / "o")],
+                           "bad.json line 1: not valid JSON"),
+                          (["eval", "build-pope", "--instances", str(partial), "--out", str(tmp_path / "o")],
+                           "partial.json: not a COCO instances file (--instances): no 'annotations', 'categories'")):
+        assert main(argv) == 2
+        assert message in _error(capsys)
+    root = tmp_path / "root"
+    (root / "images").mkdir(parents=True)
+    (root / "annotations.json").write_text("not json")
+    assert main(["eval", "corloc", "--dataset", "coco", "--root", str(root), "--model", "m", "--out",
+                 str(tmp_path / "c")]) == 2
+    assert "annotations.json line 1: not valid JSON" in _error(capsys)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{")
+    assert main(["eval", "report", str(run)]) == 2
+    assert "run/metrics.json line 1: not valid JSON" in _error(capsys)
+    assert main(["discover", "--model", "m", "--images", str(bad), "--out", str(tmp_path / "d")]) == 2
+    assert "bad.json is not a folder" in _error(capsys)

@@ -145,7 +145,8 @@ def test_every_eval_yaml_validates(tmp_path):
     assert configs
     for path in configs:
         kind = "pope" if "pope" in path.name else "chair"
-        args = parser.parse_args(["eval", kind, "--config", str(path), "--images", str(tmp_path), "--out", str(tmp_path)])
+        args = parser.parse_args(["eval", kind, "--config", str(path), "--images", str(tmp_path),
+                                  "--out", str(tmp_path)])
         from eval.hallucination_cli import resolve_config, run_config_from_args
 
         args = resolve_config(args.parser_obj, args, {"--images", "--out"})
