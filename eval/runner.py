@@ -242,7 +242,8 @@ def _process_state(config: RunConfig):
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if launched != state.num_processes:
         raise RuntimeError(f"{launched} processes were launched (WORLD_SIZE) but accelerate sees "
-                           f"{state.num_processes}: they would each do all the work. Launch with `accelerate launch` (add --cpu without a GPU)")
+                           f"{state.num_processes}: they would each do all the work. Launch with `accelerate launch` "
+                           "or `torchrun` (on CPU: --device cpu)")
     return state
 
 
@@ -309,7 +310,8 @@ def _run_locked(config: RunConfig, items: Sequence[Item], task: str, score: Call
             results[name] = _merge_and_score(folder, name, stamp, order, state.num_processes, score)
             record = folder / "generation.json"
             saved = json.loads(record.read_text()) if record.is_file() else {}
-            results[name]["generation"] = generation or (saved.get("generation") if saved.get("run") == stamp else None)
+            results[name]["generation"] = generation or (saved.get("generation") if saved.get("run") == stamp
+                                                         else None)
             write_json(folder / "metrics.json", results[name])
     if state.is_main_process:
         summary = {m: {k: v for k, v in r.items() if k != "per_caption"} for m, r in results.items()}
