@@ -157,8 +157,8 @@ class GroundedImageTextToTextPipeline(ImageTextToTextPipeline):
         return walk(images), flat
 
     def _chat_branches(self, chat: Chat, timeout) -> tuple[list[dict], list[dict], list]:
-        """(original messages, branch messages, branch images): images loaded once; highlight's templates on the
-        last text of the last user turn."""
+        """(original messages, branch messages, branch images): the branch's images are decoded here (PIL), the
+        original blocks are left to the processor; highlight's templates go on the last text of the last user turn."""
         messages = chat.messages
         users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
         last_user = users[-1] if users else None
@@ -176,10 +176,10 @@ class GroundedImageTextToTextPipeline(ImageTextToTextPipeline):
             original_blocks, branch_blocks = [], []
             for position, block in enumerate(content):
                 image = _image_source(block)
-                if image is not None:
+                if image is not None:  # the original block stays as given: the processor decodes it as in stock
                     loaded = image if not isinstance(image, str) else load_pipeline_image(image, timeout=timeout)
                     branch_images.append(self._branch_of(loaded))
-                    original_blocks.append({"type": "image", "image": loaded})
+                    original_blocks.append(block)
                     branch_blocks.append({"type": "image", "image": branch_images[-1]})
                 elif position == prompt_at:
                     texts = self._texts(block["text"])

@@ -167,3 +167,17 @@ def test_clear_errors(tower):
     other = build_method("vcd", None, make_tiny_llava()[1])
     with pytest.raises(ValueError, match="another processor"):
         grounded_pipeline(model, processor, method=other)
+
+
+def test_image_paths_give_the_answers_of_the_images(tower, tmp_path):
+    model, processor = make_tiny_llava()
+    images = photos(2)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        image.save(paths[-1])
+    by_path = [[{"role": "user", "content": [{"type": "image", "path": p}, {"type": "text", "text": q}]}]
+               for p, q in zip(paths, QUESTIONS)]
+    pipe = grounded_pipeline(model, processor, method="highlight", tower=tower, method_options={"object_dino": OD})
+    assert (texts(pipe(text=by_path, max_new_tokens=6, return_full_text=False))
+            == texts(pipe(text=chats(images, QUESTIONS), max_new_tokens=6, return_full_text=False)))
