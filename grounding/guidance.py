@@ -335,14 +335,15 @@ class ObjectGuidance:
             finally:
                 for processor in processors:
                     processor.release()
-        pair = stack_rows([inputs, branch], self._pad_token_id(model))  # (2B, T'), original rows first
+        pair = stack_rows([inputs, branch], self.pad_token_id(model))  # (2B, T'), original rows first
         output = model.generate(**pair, logits_processor=LogitsProcessorList([PairedMixLogitsProcessor(self.mix()),
                                                                               *user_processors]), **generate_kwargs)
         new_tokens = output[:, pair["input_ids"].shape[1]:]  # (2B, S)
         check_paired_rows(new_tokens, batch)
         return torch.cat([inputs["input_ids"], new_tokens[:batch]], dim=1)  # (B, T + S)
 
-    def _pad_token_id(self, model) -> int:
+    def pad_token_id(self, model) -> int:
+        """The id rows are padded with: the processor's tokenizer's, else the model's generation_config's."""
         tokenizer = getattr(self.processor, "tokenizer", None)
         pad = getattr(tokenizer, "pad_token_id", None)
         if pad is None:

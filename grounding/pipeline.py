@@ -202,7 +202,7 @@ class GroundedImageTextToTextPipeline(ImageTextToTextPipeline):
         if branch is None:
             return super()._forward(model_inputs, generate_kwargs)
         if isinstance(branch, list):  # batch_size > 1: one dict per item, stacked here with left padding
-            branch = stack_rows(branch, self._guide._pad_token_id(self.model))
+            branch = stack_rows(branch, self._guide.pad_token_id(self.model))
         prompt_text = model_inputs.pop("text")
         inputs = dict(model_inputs)
         for name, rows in (("inputs", inputs), ("branch", branch)):

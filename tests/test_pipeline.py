@@ -181,3 +181,21 @@ def test_image_paths_give_the_answers_of_the_images(tower, tmp_path):
     pipe = grounded_pipeline(model, processor, method="highlight", tower=tower, method_options={"object_dino": OD})
     assert (texts(pipe(text=by_path, max_new_tokens=6, return_full_text=False))
             == texts(pipe(text=chats(images, QUESTIONS), max_new_tokens=6, return_full_text=False)))
+
+
+def test_stack_rows_left_pads_tokens_and_tiles():
+    from grounding.rows import stack_rows
+
+    a = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
+         "pixel_values": torch.ones(1, 3, 2, 4, 4), "image_sizes": torch.tensor([[4, 8]])}
+    b = {"input_ids": torch.tensor([[8], [9]]), "attention_mask": torch.ones(2, 1, dtype=torch.long),
+         "pixel_values": torch.full((2, 2, 2, 4, 4), 2.0), "image_sizes": torch.tensor([[4, 4], [4, 4]])}
+    rows = stack_rows([a, b], pad_token_id=0)
+    assert rows["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 9]]
+    assert rows["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 1]]
+    assert rows["pixel_values"].shape == (3, 3, 2, 4, 4) and rows["pixel_values"][1:, 2].abs().sum() == 0
+    assert rows["image_sizes"].tolist() == [[4, 8], [4, 4], [4, 4]]
+    with pytest.raises(ValueError, match="different keys"):
+        stack_rows([a, {"input_ids": b["input_ids"]}], pad_token_id=0)
+    with pytest.raises(ValueError, match="cannot stack 'pixel_values'"):
+        stack_rows([{"pixel_values": torch.ones(1, 3, 4, 4)}, {"pixel_values": torch.ones(1, 3, 8, 8)}], 0)
