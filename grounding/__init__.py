@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve t
     from .guidance import GuidanceConfig, ObjectGuidance
     from .images import ImageError, load_image
     from .object_dino import ObjectDINO, ObjectDINOConfig, ObjectDINOOutput
+    from .pipeline import grounded_pipeline
     from .region_tokens import RegionConfig, RegionGrounding
 
 _EXPORTS = {
@@ -27,6 +28,7 @@ _EXPORTS = {
     "ObjectDINOOutput": "object_dino",
     "ObjectGuidance": "guidance",
     "GuidanceConfig": "guidance",
+    "grounded_pipeline": "pipeline",
     "RegionGrounding": "region_tokens",
     "RegionConfig": "region_tokens",
     "ImageError": "images",
