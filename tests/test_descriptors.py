@@ -517,3 +517,26 @@ def test_discover_with_a_stride(tiny_reg_dir, photo_dir, tmp_path):
                  "32", "--stride", "4", "--k", "2", "--device", "cpu"]) == 0
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 3 and all(r["map_size"][0] >= 7 for r in records)
+
+
+def test_demo_descriptor_section(tiny_reg_dir, photo_dir, tmp_path):
+    import re
+    import shutil
+
+    from eval.corloc import CorLocItem
+    from eval.descriptors_demo import report_lines, run_descriptors_demo
+
+    photos = tmp_path / "photos"
+    shutil.copytree(photo_dir, photos)
+    (photos / "objects.json").write_text(json.dumps({"img0.png": ["cat"], "img1.png": ["cat", "person"],
+                                                     "img2.png": ["apple"]}))
+    items = [CorLocItem(p.name, p, [[0, 0, 4, 4]]) for p in sorted(photos.glob("*.png"))]
+    tower = RegisterViT.from_pretrained(tiny_reg_dir)
+    result = run_descriptors_demo(tower, items, photos, tmp_path / "out", stride=4, short_side=32)
+    assert result["pca"] == ["pca/img0.png", "pca/img1.png"]  # the animal photos
+    assert [e["image"] for e in result["cosegment"]["images"]] == ["img0.png", "img1.png"]
+    assert result["correspond"]["images"] == ["img0.png", "img1.png"]
+    text = "\n".join(report_lines(result))
+    pictures = re.findall(r"\]\((descriptors/[^)]+)\)", text)
+    assert len(pictures) == 5 and all((tmp_path / "out" / p).is_file() for p in pictures)
+    assert tower.patch_conv().stride == (8, 8)  # the demo's tower is left as it was
