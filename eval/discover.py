@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from grounding.backbone import RegisterViT
+from grounding.descriptors import DenseExtractor
 from grounding.discovery import discover
 from grounding.images import ImageError, load_image, original_size, to_original_pixels
 from grounding.object_dino import ObjectDINO
@@ -79,9 +80,11 @@ def open_predictions(out_dir: str | Path, jobs: Sequence[DiscoveryJob], settings
 def run_discovery(tower: RegisterViT, method: str, jobs: Sequence[DiscoveryJob], out_dir: str | Path,
                   object_dino: ObjectDINO | None = None, dinoseg_head: int = 4, pictures: bool = True,
                   progress: bool = True, tau: float | None = None, settings: dict | None = None,
-                  records: JsonlLog | None = None) -> list[dict]:
+                  records: JsonlLog | None = None, stride: int | None = None) -> list[dict]:
     """Run `method` on every job not yet in ``out_dir/predictions.jsonl``; returns the jobs' records in job order
     (old and new; an image that could not be read has a `skipped` record with the reason).
+
+    stride: run the tower with overlapping patches at this stride (`grounding.descriptors.DenseExtractor`).
 
     Each record holds the box, and `degenerate`: the method's graph was complete (every affinity above tau, or
     every key inner product positive for LOST), so the box is arbitrary; overlays say so in red.
@@ -95,6 +98,7 @@ def run_discovery(tower: RegisterViT, method: str, jobs: Sequence[DiscoveryJob],
     if len(todo) < len(jobs):
         log.info("resuming: %d of %d images already done", len(jobs) - len(todo), len(jobs))
     options = _method_options(object_dino, dinoseg_head, tau, tower)
+    runner = DenseExtractor(tower, stride) if stride else tower
     for job in tqdm(todo, desc=f"discover {method}", unit="img", disable=not progress):
         record: dict = {"image": job.key, "method": method}
         try:
@@ -103,7 +107,7 @@ def run_discovery(tower: RegisterViT, method: str, jobs: Sequence[DiscoveryJob],
             log.warning("skipping %s: %s", job.key, error)
             records.append({**record, SKIPPED: str(error), **stamp, "item": job.digest()})
             continue
-        out = tower([image])
+        out = runner([image])
         found = discover(method, out, **options)
         box = to_original_pixels(found.boxes[0], image)  # (4,) file pixels
         width, height = original_size(image)
