@@ -1,10 +1,13 @@
-"""POPE questions/s for baseline and highlight guidance (answers forced to a fixed length), random weights.
+"""POPE questions/s for baseline and highlight guidance (answers forced to a fixed length), random weights, with
+and without prefix sharing (`grounding.prefix_cache`: each image's system prompt + image tokens computed once).
 
     python benchmarks/eval_throughput.py --shape 7b --device cuda --dtype bfloat16 --batches 1,32
     python benchmarks/eval_throughput.py --shape small --batches 1,8 --questions 32     # CPU stand-in
 
 Questions come from the shipped COCO adversarial split (6 per image, ordered by image as the runner does, so the
-grounding tower runs once per image); images are random 640x480 pictures standing in for COCO val2014.
+grounding tower runs once per image); images are random 640x480 pictures standing in for COCO val2014. The runs
+with and without sharing alternate batch by batch (each keeps its own map and prefix caches), so a busy machine
+slows both alike; each run's time is the sum of its own batches.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from guidance import build  # noqa: E402  (the same random-weight LLaVA builder)
 
 from eval.pope import load_questions  # noqa: E402
 from grounding.methods import build_method  # noqa: E402
+from grounding.prefix_cache import PrefixCache  # noqa: E402
 
 
 def main() -> None:
@@ -46,21 +50,31 @@ def main() -> None:
     table = []
     for batch in (int(b) for b in args.batches.split(",")):
         for name in ("baseline", "highlight"):
-            method = build_method(name, tower, processor)
-            start = time.perf_counter()
+            plain, shared = build_method(name, tower, processor), build_method(name, tower, processor)
+            shared.prefix_cache = PrefixCache()
+            seconds = {False: 0.0, True: 0.0}
+            answers: dict[bool, list[str]] = {False: [], True: []}
             for i in range(0, len(rows), batch):
-                method.generate(model, [pictures[r["image"]] for r in rows[i : i + batch]], prompts[i : i + batch],
-                                max_new_tokens=args.answer_tokens, min_new_tokens=args.answer_tokens, do_sample=False)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-            table.append((name, batch, len(rows) / seconds, 3000 / (len(rows) / seconds) / 60))
+                images = [pictures[r["image"]] for r in rows[i : i + batch]]
+                for reuse, method in ((False, plain), (True, shared)):
+                    start = time.perf_counter()
+                    answers[reuse] += method.generate(model, images, prompts[i : i + batch], do_sample=False,
+                                                      max_new_tokens=args.answer_tokens, min_new_tokens=args.answer_tokens)
+                    if args.device.startswith("cuda"):
+                        torch.cuda.synchronize()
+                    seconds[reuse] += time.perf_counter() - start
+            same = sum(a == b for a, b in zip(answers[False], answers[True]))
+            print(f"{name}, batch {batch}: {same}/{len(rows)} answers identical with and without prefix sharing")
+            for reuse in (False, True):
+                qps = len(rows) / seconds[reuse]
+                table.append((name, batch, reuse, qps, 3000 / qps / 60, seconds[False] / seconds[reuse]))
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\nshape {args.shape}; {device}; {args.dtype}; {args.answer_tokens} answer tokens; {len(rows)} questions "
           f"({len(pictures)} images, tower time included)\n")
-    print("| method | batch | questions/s | minutes for 3,000 questions |\n|---|---|---|---|")
-    for name, batch, qps, minutes in table:
-        print(f"| {name} | {batch} | {qps:.2f} | {minutes:.1f} |")
+    print("| method | batch | prefix sharing | questions/s | minutes for 3,000 questions | x without sharing |")
+    print("|---|---|---|---|---|---|")
+    for name, batch, reuse, qps, minutes, speedup in table:
+        print(f"| {name} | {batch} | {'yes' if reuse else 'no'} | {qps:.2f} | {minutes:.1f} | {speedup:.2f} |")
 
 
 if __name__ == "__main__":

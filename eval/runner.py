@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from grounding.images import ImageError, load_image
 from grounding.methods import build_method, check_method_options, needs_tower
 from grounding.sampling import ItemSampler, item_seed
+from grounding.prefix_cache import PrefixCache
 
 from .records import SKIPPED, JsonlLog, is_skip, run_metadata, write_json, write_jsonl
 from .run_folder import (LOCK_NAME, RunLock, check_records, clear_folder, fingerprint, item_digest, save_settings,
@@ -73,6 +74,7 @@ class RunConfig:
     max_image_side: int | None = 2048  # photos are decoded at no more than this (None: full size)
     method_options: dict = field(default_factory=dict)  # {method name: {option: value}}
     overwrite: bool = False  # delete the methods' earlier records instead of refusing other settings
+    share_prefixes: bool = True  # rows of one image reuse its prompt prefix's KV cache (same answers; POPE)
 
     def __post_init__(self):
         if isinstance(self.methods, str):
@@ -294,6 +296,8 @@ def _run_locked(config: RunConfig, items: Sequence[Item], task: str, score: Call
             options = {"task": task} if name != "baseline" else {}
             method = build_method(name, loaded.get("tower"), loaded["processor"],
                                   **options, **config.method_options.get(name, {}))
+            if config.share_prefixes and hasattr(method, "prefix_cache") and len({it.image for it in todo}) < len(todo):
+                method.prefix_cache = PrefixCache()  # several items per image: compute each image's prefix once
             bar = tqdm(total=len(todo), desc=f"{name} [{state.process_index}]", unit="item",
                        disable=not state.is_local_main_process and state.num_processes > 1)
             bound = method.bind(model) if hasattr(method, "bind") else contextlib.nullcontext()

@@ -322,7 +322,7 @@ class RegisterViT(nn.Module):
         if mode == "attention" and self.backend == "timm":
             raise ValueError("timm towers support only capture='projection' (hooks on the fused qkv Linear)")
         capture = attention_capture if mode == "attention" else projection_capture
-        collector = QKVCollector(num_heads=self.num_heads)
+        collector = QKVCollector(num_heads=self.num_heads, num_layers=self.num_layers)
         with capture(self.model, collector):
             last, hidden = self._run(pixels, output_hidden_states)
         q, k, v = collector.stacked(self.num_layers)  # each (L, B, H, T, d)

@@ -34,17 +34,34 @@ _ACTIVE: contextvars.ContextVar[QKVCollector | None] = contextvars.ContextVar("g
 
 @dataclass
 class QKVCollector:
-    """Per-layer q, k, v in call order; each entry (B, H, T, d)."""
+    """Per-layer q, k, v in call order; each entry (B, H, T, d).
+
+    With `num_layers` given, each layer's q, k, v are copied, as they arrive (still in cache), into one
+    preallocated (L, B, H, T, d) tensor per facet, and `stacked()` returns those tensors without a final copy."""
 
     num_heads: int
+    num_layers: int | None = None
     q: list[torch.Tensor] = field(default_factory=list)
     k: list[torch.Tensor] = field(default_factory=list)
     v: list[torch.Tensor] = field(default_factory=list)
+    _buffers: tuple[torch.Tensor, ...] | None = field(default=None, repr=False)
 
     def add(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.q.append(q.detach())
-        self.k.append(k.detach())
-        self.v.append(v.detach())
+        q, k, v = q.detach(), k.detach(), v.detach()
+        index = len(self.q)
+        if self.num_layers is not None and index < self.num_layers:
+            if index == 0:
+                self._buffers = tuple(x.new_empty((self.num_layers, *x.shape)) for x in (q, k, v))  # (L, B, H, T, d)
+            buffers = self._buffers
+            if buffers is not None and all(b.shape[1:] == x.shape and b.dtype == x.dtype for b, x in zip(buffers, (q, k, v))):
+                for buffer, x in zip(buffers, (q, k, v)):
+                    buffer[index].copy_(x)
+                q, k, v = (buffer[index] for buffer in buffers)
+            else:  # layers of different shapes: keep the tensors, stack at the end
+                self._buffers = None
+        self.q.append(q)
+        self.k.append(k)
+        self.v.append(v)
 
     def stacked(self, num_layers: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not (len(self.q) == len(self.k) == len(self.v) == num_layers):
@@ -52,6 +69,8 @@ class QKVCollector:
                 f"captured q/k/v for {len(self.q)}/{len(self.k)}/{len(self.v)} layers, expected {num_layers}: "
                 "the model's attention did not go through the capture (unsupported architecture?)"
             )
+        if self._buffers is not None and self.num_layers == num_layers:
+            return self._buffers  # each (L, B, H, T, d)
         return torch.stack(self.q), torch.stack(self.k), torch.stack(self.v)  # each (L, B, H, T, d)
 
 

@@ -32,6 +32,10 @@ Models with multimodal rotary positions (Qwen2-VL, Qwen2.5-VL): the separate bra
 position ids with the model's own `get_rope_index`, as generate() does, and never touches the model's cached
 `rope_deltas` (generate()'s own rows keep theirs). Other `get_rope_index` models are refused on that path.
 
+Prefix sharing (`ObjectGuidance.prefix_cache`, a `grounding.prefix_cache.PrefixCache`): the rows that show the
+same image (original or branch image) continue from one KV cache of its prompt prefix, on both paths; the answers
+are the same as without it.
+
 VCD noise is drawn per image, from a seed derived from the image's pixels and `GuidanceConfig.seed`, so an
 image's noised branch does not depend on what it is batched with.
 """
@@ -54,6 +58,7 @@ from .highlight import diffusion_noise, jet_overlay, red_tint, remove_objects
 from .images import as_pil
 from .object_dino import ObjectDINO, ObjectDINOConfig
 from .rows import stack_rows
+from .prefix_cache import PrefixCache, generate_new_tokens
 from .sampling import sampling_settings, with_reference_sampling
 
 __all__ = ["GuidanceConfig", "BranchLogitsProcessor", "PairedMixLogitsProcessor", "ObjectGuidance", "highlight_mix",
@@ -104,7 +109,8 @@ class BranchLogitsProcessor(LogitsProcessor):
     """Runs `model` on its own inputs alongside generate() and mixes the two next-token logits.
 
     branch: input_ids (B, T'), attention_mask (B, T') left-padded, plus image inputs (pixel_values, ...) used on
-    the first step only. Single use: the KV cache lives until `release()` or until the processor is dropped.
+    the first step only; or input_ids, attention_mask and a `past_key_values` cache pre-filled with the first
+    positions (a `grounding.prefix_cache.SharedPrompt`), continued from there. Single use: the KV cache lives until `release()` or until the processor is dropped.
     """
 
     def __init__(self, model, branch: dict[str, torch.Tensor], mix: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
@@ -127,7 +133,13 @@ class BranchLogitsProcessor(LogitsProcessor):
             positions = positions_from_mask(self.attention_mask)  # (B, T')
             if self.rope_index is not None:
                 positions = multimodal_position_ids(self.rope_index, self.branch, positions)  # (4, B, T')
-            out = self.model(**self.branch, position_ids=positions, use_cache=True)
+            prefilled = self.branch.get("past_key_values")  # a shared prefix (`grounding.prefix_cache`)
+            if prefilled is not None:
+                start = prefilled.get_seq_length()
+                out = self.model(input_ids=self.branch["input_ids"][:, start:], attention_mask=self.attention_mask,
+                                 position_ids=positions[..., start:], past_key_values=prefilled, use_cache=True)
+            else:
+                out = self.model(**self.branch, position_ids=positions, use_cache=True)
             self.positions = positions[..., -1:]
         else:
             self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(batch, 1)], dim=1)
@@ -205,20 +217,40 @@ class ObjectGuidance:
         self._pending: dict[int, tuple[dict, weakref.ref]] = {}  # id(input_ids) -> (branch inputs, model)
         self.tower_calls = 0
         self.generation_settings: dict | None = None  # decoding settings of the last generate() call
+        self.prefix_cache: PrefixCache | None = None  # set to share image prefixes across rows (same answers)
 
     # ------------------------------------------------------------------ inputs
     def object_map(self, image: Image.Image) -> torch.Tensor:
         """(H, W) object map at the image's size, computed once per distinct image."""
-        key = _image_key(image)
-        if key in self._maps:
-            self._maps.move_to_end(key)
-            return self._maps[key]
-        full = self.object_dino.object_maps(self.tower([image]), upsample=True)[0].cpu()
-        self.tower_calls += 1
-        self._maps[key] = full
+        return self.object_maps([image])[0]
+
+    def object_maps(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """(H, W) object map of each image at its size. The distinct images not cached yet go through the tower
+        together: one call per tower input size (one call for the whole batch when the tower resizes to a fixed
+        `preprocess.size`, or when the images share a size)."""
+        keys = [_image_key(image) for image in images]
+        missing: dict[str, Image.Image] = {}
+        for key, image in zip(keys, images):
+            if key not in self._maps:
+                missing.setdefault(key, image)
+        groups: dict[tuple[int, int], list[str]] = {}
+        for key, image in missing.items():
+            groups.setdefault(self.tower.input_geometry(image.height, image.width)[1], []).append(key)
+        computed: dict[str, torch.Tensor] = {}
+        for group in groups.values():
+            maps = self.object_dino.object_maps(self.tower([missing[key] for key in group]), upsample=True)
+            self.tower_calls += 1
+            computed.update((key, full.cpu()) for key, full in zip(group, maps))
+        found = []
+        for key in keys:
+            if key in computed:
+                self._maps[key] = computed[key]
+            else:
+                self._maps.move_to_end(key)
+            found.append(computed[key] if key in computed else self._maps[key])
         while len(self._maps) > self.config.cache_size:
             self._maps.popitem(last=False)
-        return full
+        return found
 
     def prompt_texts(self, prompts: Sequence[str]) -> tuple[list[str], list[str]]:
         """(original-branch texts, branch texts) for user prompts: highlight wraps them in its two templates
@@ -228,23 +260,34 @@ class ObjectGuidance:
         original, guided = CAPTION_TEMPLATES if self.config.task == "caption" else QUESTION_TEMPLATES
         return [original.format(prompt=p) for p in prompts], [guided.format(prompt=p) for p in prompts]
 
-    def branch_image(self, image: Image.Image) -> Image.Image:
+    def branch_image(self, image: Image.Image, object_map: torch.Tensor | None = None) -> Image.Image:
         """The second branch's image: highlighted (highlight), objects removed (masked-contrast), or the image
-        itself (vcd: its pixels are noised after encoding, `noise_branch`)."""
+        itself (vcd: its pixels are noised after encoding, `noise_branch`). `object_map`: the image's map when the
+        caller has it already (one tower call for a batch, `object_maps`)."""
         cfg = self.config
         if cfg.mode == "vcd":
             return image
-        object_map = self.object_map(image)
+        object_map = self.object_map(image) if object_map is None else object_map
         if cfg.mode == "highlight":
             return jet_overlay(image, object_map) if cfg.task == "caption" else red_tint(image, object_map, cfg.map_threshold)
         return remove_objects(image, object_map, cfg.map_threshold, cfg.fill)
 
     def _both(self, images: Sequence, prompts: Sequence[str]) -> tuple[list, list[str], list, list[str]]:
+        """Originals and branches; the object maps of the whole batch come from one tower call per input size,
+        and an image that occurs several times (POPE: several questions per image) is drawn once."""
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images vs {len(prompts)} prompts")
         pils = [as_pil(image) for image in images]
         original_texts, branch_texts = self.prompt_texts(prompts)
-        return pils, original_texts, [self.branch_image(im) for im in pils], branch_texts
+        maps = self.object_maps(pils) if self.config.mode != "vcd" else [None] * len(pils)
+        drawn: dict[str, Image.Image] = {}
+        branches = []
+        for image, object_map in zip(pils, maps):
+            key = _image_key(image)
+            if key not in drawn:
+                drawn[key] = self.branch_image(image, object_map)
+            branches.append(drawn[key])
+        return pils, original_texts, branches, branch_texts
 
     def noise_branch(self, encoded: dict, images: Sequence[Image.Image], first: int = 0) -> None:
         """VCD: noise the pixels of images first, first + 1, ... of `encoded` in place, each from its own seed
@@ -256,12 +299,16 @@ class ObjectGuidance:
                 seed = _noise_seed(self.config.seed, _image_key(image), part)
                 block.copy_(diffusion_noise(block, self.config.noise_step, seed=seed))
 
-    def prepare(self, model, images: Sequence, prompts: Sequence[str]) -> dict:
-        """Main-branch inputs for `model.generate(**inputs, logits_processor=guide.logits_processors(inputs))`."""
+    def _encode_pair(self, model, images: Sequence, prompts: Sequence[str]) -> tuple[dict, dict]:
         pils, original_texts, branch_images, branch_texts = self._both(images, prompts)
         inputs = encode_chat(self.processor, pils, original_texts, model.device, model.dtype)
         branch = encode_chat(self.processor, branch_images, branch_texts, model.device, model.dtype)
         self.noise_branch(branch, branch_images)
+        return inputs, branch
+
+    def prepare(self, model, images: Sequence, prompts: Sequence[str]) -> dict:
+        """Main-branch inputs for `model.generate(**inputs, logits_processor=guide.logits_processors(inputs))`."""
+        inputs, branch = self._encode_pair(model, images, prompts)
         self._pending[id(inputs["input_ids"])] = (branch, weakref.ref(model))
         return inputs
 
@@ -305,14 +352,16 @@ class ObjectGuidance:
         user_processors, generate_kwargs, joint = self._decoding(model, generate_kwargs)
         if joint:
             return self._generate_joint(model, images, prompts, user_processors, **generate_kwargs)
-        inputs = self.prepare(model, images, prompts)
-        processors = self.logits_processors(inputs)
+        inputs, branch = self._encode_pair(model, images, prompts)
+        cache = self.prefix_cache
+        if cache is not None and cache.unsupported(model, inputs) is None and cache.unsupported(model, branch) is None:
+            inputs, branch = cache.prepare(model, inputs).generate_inputs(), cache.prepare(model, branch).generate_inputs()
+        processor = BranchLogitsProcessor(model, branch, self.mix())
         try:
-            output = model.generate(**inputs, logits_processor=LogitsProcessorList([*processors, *user_processors]),
+            output = model.generate(**inputs, logits_processor=LogitsProcessorList([processor, *user_processors]),
                                     **generate_kwargs)
         finally:
-            for processor in processors:
-                processor.release()
+            processor.release()
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
 
@@ -365,8 +414,8 @@ class ObjectGuidance:
         batch = len(images)
         inputs = self.joint_inputs(model, images, prompts)
         processors = LogitsProcessorList([PairedMixLogitsProcessor(self.mix()), *user_processors])
-        output = model.generate(**inputs, logits_processor=processors, **generate_kwargs)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (2B, S)
+        new_tokens = generate_new_tokens(model, inputs, self.prefix_cache, logits_processor=processors,
+                                         **generate_kwargs)  # (2B, S)
         check_paired_rows(new_tokens, batch)
         return self.processor.batch_decode(new_tokens[:batch], skip_special_tokens=True)
 

@@ -24,9 +24,10 @@ class KMeansResult:
     inertia: torch.Tensor  # (B,) sum of squared distances to the assigned centroid
 
 
-def _sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """(P, M, D), (P, k, D) -> (P, M, k) squared Euclidean distances, clamped at 0."""
-    d = (x * x).sum(-1, keepdim=True) - 2 * x @ c.transpose(1, 2) + (c * c).sum(-1).unsqueeze(1)
+def _sq_dist(x: torch.Tensor, c: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """(P, M, D), (P, k, D) -> (P, M, k) squared Euclidean distances, clamped at 0; x_sq: (P, M, 1) |x|^2 if known."""
+    x_sq = (x * x).sum(-1, keepdim=True) if x_sq is None else x_sq
+    d = x_sq - 2 * (x @ c.transpose(1, 2)) + (c * c).sum(-1).unsqueeze(1)  # 2 * (x c^T): the same bits as (2x) c^T
     return d.clamp_min_(0)
 
 
@@ -46,6 +47,7 @@ def kmeans(x: torch.Tensor, k: int, restarts: int = 10, max_iter: int = 100, tol
     problems = batch * restarts
     xr = x.float().unsqueeze(1).expand(batch, restarts, points, dim).reshape(problems, points, dim)  # (P, M, D)
     rows = torch.arange(problems, device=x.device)
+    x_sq = (xr * xr).sum(-1, keepdim=True)  # (P, M, 1), the same in every distance computation
 
     def draw(weights: torch.Tensor, c: int) -> torch.Tensor:  # (P, M) weights -> (P,) index by inverse CDF
         cdf = weights.double().cumsum(-1)
@@ -55,13 +57,13 @@ def kmeans(x: torch.Tensor, k: int, restarts: int = 10, max_iter: int = 100, tol
 
     centroids = torch.empty(problems, k, dim, device=x.device)
     centroids[:, 0] = xr[rows, draw(torch.ones(problems, points, device=x.device), 0)]
-    closest = _sq_dist(xr, centroids[:, :1]).squeeze(-1)  # (P, M)
+    closest = _sq_dist(xr, centroids[:, :1], x_sq).squeeze(-1)  # (P, M)
     for c in range(1, k):
         centroids[:, c] = xr[rows, draw(closest, c)]
-        closest = torch.minimum(closest, _sq_dist(xr, centroids[:, c : c + 1]).squeeze(-1))
+        closest = torch.minimum(closest, _sq_dist(xr, centroids[:, c : c + 1], x_sq).squeeze(-1))
 
     for _ in range(max_iter):
-        labels = _sq_dist(xr, centroids).argmin(-1)  # (P, M)
+        labels = _sq_dist(xr, centroids, x_sq).argmin(-1)  # (P, M)
         onehot = F.one_hot(labels, k).float()  # (P, M, k)
         counts = onehot.sum(1).unsqueeze(-1)  # (P, k, 1)
         sums = onehot.transpose(1, 2) @ xr  # (P, k, D)
@@ -70,7 +72,7 @@ def kmeans(x: torch.Tensor, k: int, restarts: int = 10, max_iter: int = 100, tol
         centroids = updated
         if bool((shift <= tol).all()):
             break
-    labels = _sq_dist(xr, centroids).argmin(-1)  # (P, M)
+    labels = _sq_dist(xr, centroids, x_sq).argmin(-1)  # (P, M)
     assigned = centroids.gather(1, labels[..., None].expand(-1, -1, dim))  # (P, M, D)
     inertia = (xr - assigned).pow(2).sum((-1, -2)).view(batch, restarts)  # exact, no expansion cancellation
     winner = inertia.argmin(-1)  # (B,)  first restart on ties

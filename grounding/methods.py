@@ -11,6 +11,10 @@ sets `method.generation_settings` to the decoding settings its last generate() c
 `check_method_options(name, options)` validates a method's options before any model loads: unknown names,
 wrong types and bad values are a ValueError that names the option and what it takes. A method registers what
 it takes with `register_method(..., options=...)`: a config dataclass (its fields, typed) or a set of names.
+
+Methods with a `prefix_cache` attribute (baseline, highlight, masked-contrast, vcd) share the KV cache of each
+image's prompt prefix across the rows that hold it when it is set to a `grounding.prefix_cache.PrefixCache`
+(the eval runner does so when several questions share an image); answers are the same either way.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 
 from .guidance import GuidanceConfig, ObjectGuidance, encode_chat
 from .images import as_pil
+from .prefix_cache import PrefixCache, generate_new_tokens
 from .sampling import sampling_settings, with_reference_sampling
 
 __all__ = ["METHODS", "register_method", "build_method", "Baseline", "needs_tower", "sampling_settings",
@@ -140,14 +145,15 @@ class Baseline:
     def __init__(self, tower=None, processor=None, **_):
         self.processor = processor
         self.generation_settings: dict | None = None  # decoding settings of the last generate() call
+        self.prefix_cache: PrefixCache | None = None  # set to share image prefixes across rows (same answers)
 
     @torch.no_grad()
     def generate(self, model, images: Sequence, prompts: Sequence[str], **generate_kwargs) -> list[str]:
         generate_kwargs = with_reference_sampling(model, generate_kwargs)
         self.generation_settings = sampling_settings(generate_kwargs, model)
         inputs = encode_chat(self.processor, [as_pil(i) for i in images], prompts, model.device, model.dtype)
-        output = model.generate(**inputs, **generate_kwargs)
-        return self.processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        new_tokens = generate_new_tokens(model, inputs, self.prefix_cache, **generate_kwargs)
+        return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
 
 
 @register_method("highlight", needs_tower=True, options=GuidanceConfig)

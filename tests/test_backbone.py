@@ -33,6 +33,24 @@ def test_attention_capture_equals_projection_outputs(tiny_reg_dir, rng_image):
     assert tower.model.config._attn_implementation == "sdpa"  # switched back
 
 
+def test_collector_with_known_layer_count_fills_buffers_equal_to_stacking(tiny_reg_dir, rng_image):
+    tower = RegisterViT.from_pretrained(tiny_reg_dir, capture="attention", preprocess={"short_side": 40})
+    pixels, _, _ = tower.preprocess([rng_image(), rng_image(seed=1)])
+    plain, buffered = QKVCollector(2), QKVCollector(2, num_layers=2)
+    for collector in (plain, buffered):
+        with attention_capture(tower.model, collector):
+            tower.model(pixel_values=pixels)
+    for a, b in zip(plain.stacked(2), buffered.stacked(2)):
+        assert torch.equal(a, b) and b.is_contiguous()
+    uneven = QKVCollector(2, num_layers=2)  # layers of different shapes fall back to stacking lists
+    uneven.add(*[torch.zeros(1, 2, 3, 4)] * 3)
+    uneven.add(*[torch.ones(1, 2, 5, 4)] * 3)
+    with pytest.raises(RuntimeError):
+        uneven.stacked(2)  # torch.stack refuses different shapes, as before
+    with pytest.raises(RuntimeError, match="expected 3"):
+        buffered.stacked(3)
+
+
 def test_final_hidden_states_equal_transformers_model(tiny_reg_dir, rng_image):
     from transformers import Dinov2WithRegistersModel
 

@@ -140,3 +140,24 @@ def test_joint_branches_give_the_separate_branch_answers(mode, tower):
     with pytest.raises(ValueError, match="greedy"):
         ObjectGuidance(tower, processor, mode=mode, object_dino=OD, branches="joint").generate(
             model, images, prompts, max_new_tokens=2, do_sample=True)
+
+
+def test_object_maps_of_a_batch_come_from_one_tower_call_per_input_size(tower, tiny_reg_dir):
+    from grounding import RegisterViT
+
+    _, processor = make_tiny_llava()
+    images = photos(4)  # sizes (40, 60), (50, 30), (36, 36), (40, 60): three tower input sizes
+    images = images + [images[1]]  # a repeated image (several questions about it) is computed once
+    guide = ObjectGuidance(tower, processor, mode="highlight", object_dino=OD)
+    maps = guide.object_maps(images)
+    assert guide.tower_calls == 3
+    for image, got in zip(images, maps):  # the same maps as one image at a time
+        alone = ObjectGuidance(tower, processor, mode="highlight", object_dino=OD).object_map(image)
+        assert got.shape == (image.height, image.width)
+        torch.testing.assert_close(got, alone, rtol=1e-5, atol=1e-5)
+    guide.object_maps(images)
+    assert guide.tower_calls == 3  # all cached now
+    fixed = RegisterViT.from_pretrained(tiny_reg_dir, preprocess={"size": (32, 32)})
+    batched = ObjectGuidance(fixed, processor, mode="highlight", object_dino=OD)
+    batched.object_maps(images)
+    assert batched.tower_calls == 1  # a fixed input size: the whole batch in one call
