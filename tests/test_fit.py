@@ -47,7 +47,8 @@ def setup(tmp_path_factory, tiny_reg_dir):
                   "export_dir": str(root / "adapter"),
                   "regions": {"num_regions": 2, "tower": tiny_reg_dir, "tower_short_side": 32, "projector_hidden": 16,
                               "object_dino": {"k": 2, "restarts": 2}}},
-        "data": {"image_root": str(root / "images"), "instances": str(root / "instances.json"), "batch_size": 2},
+        "data": {"image_root": str(root / "images"), "instances": str(root / "instances.json"), "batch_size": 2,
+                 "cache_dir": str(root / "cache")},
     }
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     return root
@@ -142,7 +143,7 @@ def test_answer_loss_equals_the_models_own_loss():
 
 
 def test_grouped_questions_pay_the_image_once():
-    from lightning_modules.data import grounded_questions
+    from lightning_modules.records import grounded_questions
 
     instances = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
                  "categories": [{"id": i, "name": n} for i, n in enumerate(["dog", "cat", "car", "bus", "cup"], 1)],
@@ -158,7 +159,7 @@ def test_grouped_questions_pay_the_image_once():
 
 
 def test_one_record_per_image_joins_questions_then_caption():
-    from lightning_modules.data import grounded_questions, join_per_image
+    from lightning_modules.records import grounded_questions, join_per_image
 
     instances = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
                  "categories": [{"id": i, "name": n} for i, n in enumerate(["dog", "cat", "car"], 1)],
