@@ -1,0 +1,187 @@
+"""`grounding fit` on two CPU processes (gloo), launched by Lightning as a user would launch it:
+DDP (`--trainer.strategy=ddp`) and FSDP2 (`--trainer.strategy=model_parallel`, `fully_shard`).
+
+Each rank trains on its own share of the records; a run SIGKILLed mid-epoch and resumed with --ckpt_path ends
+with the weights of the uninterrupted run, every rank having read the same batches in the same order; the exported
+adapter reloads onto a stock model with the trained model's logits. FSDP1 (`--trainer.strategy=fsdp`) needs a GPU
+with this torch: its test is GPU-marked, and its wrap plan is checked on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from tiny_vlm import make_tiny_llava
+
+ROOT = Path(__file__).parents[1]
+STEPS = 6  # of 9 per epoch (36 records, 2 ranks x 2 rows): mid-epoch; checkpoints at steps 3 and 6
+
+
+@pytest.fixture(scope="module")
+def fit_root(tmp_path_factory, tiny_reg_dir):
+    root = tmp_path_factory.mktemp("fit2")
+    model, processor = make_tiny_llava()
+    model.save_pretrained(root / "vlm")
+    processor.save_pretrained(root / "vlm")
+    (root / "images").mkdir()
+    names = ["person", "dog", "cat", "car", "chair", "cup", "pizza", "bus"]
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for image_id in range(1, 7):
+        name = f"{image_id}.jpg"
+        Image.fromarray((rng.random((40, 56, 3)) * 255).astype(np.uint8)).save(root / "images" / name)
+        images.append({"id": image_id, "file_name": name})
+        for obj in rng.choice(names, 3, replace=False):
+            annotations.append({"image_id": image_id, "category_id": names.index(obj) + 1})
+    images.append({"id": 99, "file_name": "missing.jpg"})
+    annotations.append({"image_id": 99, "category_id": 1})
+    (root / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": [
+        {"id": i + 1, "name": n} for i, n in enumerate(names)]}))
+    (root / "tower.txt").write_text(tiny_reg_dir)
+    return root
+
+
+def _config(root: Path, run: str, kill_at_step: int | None = None) -> Path:
+    out = root / run
+    config = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "devices": 2, "max_steps": STEPS, "enable_progress_bar": False,
+                    "enable_model_summary": False, "log_every_n_steps": 1, "num_sanity_val_steps": 0,
+                    "default_root_dir": str(out),
+                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                               "init_args": {"save_dir": str(out), "name": "logs"}},
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(out / "ckpt"), "every_n_train_steps": 3,
+                                                 "save_top_k": -1, "filename": "{step}"}},
+                                  {"class_path": "fit_probe.BatchProbe",
+                                   "init_args": {"out_dir": str(out / "probe"), "kill_at_step": kill_at_step}}]},
+        "model": {"vlm": str(root / "vlm"), "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "learning_rate": 1e-2,
+                  "export_dir": str(out / "adapter"),
+                  "regions": {"num_regions": 2, "tower": str(_tower(root)), "tower_short_side": 32,
+                              "projector_hidden": 16, "object_dino": {"k": 2, "restarts": 2}}},
+        "data": {"image_root": str(root / "images"), "instances": str(root / "instances.json"), "batch_size": 2,
+                 "cache_dir": str(root / "cache")},
+    }
+    path = root / f"{run}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _tower(root: Path) -> Path:
+    return Path((root / "tower.txt").read_text())
+
+
+def _fit(root: Path, run: str, strategy: str, *extra: str, kill_at_step: int | None = None) -> int:
+    """`python -m eval.cli fit ...` (= `grounding fit`) in a new session; Lightning starts rank 1 itself."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "eval.cli", "fit", "--config", str(_config(root, run, kill_at_step)),
+               "--trainer.accelerator=cpu", "--trainer.devices=2", f"--trainer.strategy={strategy}", *extra]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = process.communicate(timeout=600)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # rank 1, if the killed rank 0 left it behind
+        except ProcessLookupError:
+            pass
+    (root / f"{run}.log").write_text(output)
+    if kill_at_step is None:
+        assert process.returncode == 0, output[-4000:]
+    return process.returncode
+
+
+def _probe(root: Path, run: str) -> dict[int, list[dict]]:
+    return {rank: [json.loads(line) for line in (root / run / "probe" / f"rank{rank}.jsonl").read_text().splitlines()]
+            for rank in (0, 1)}
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=False, map_location="cpu")["state_dict"]
+
+
+def _trained_module(root: Path, run: str, checkpoint: Path):
+    """A RegionTokensModule built from the run's config, its trainable weights loaded strictly from `checkpoint`."""
+    from grounding.region_tokens import RegionConfig
+    from lightning_modules.module import RegionTokensModule
+
+    config = yaml.safe_load((root / f"{run}.yaml").read_text())["model"]
+    config["regions"] = RegionConfig(**config["regions"])
+    module = RegionTokensModule(**{k: v for k, v in config.items() if k != "export_dir"})
+    module.configure_model()
+    module.load_state_dict(_weights(checkpoint), strict=True)
+    return module.eval()
+
+
+def _check_shards_and_batches(root: Path, run: str, steps: range) -> dict[int, list[dict]]:
+    """Each rank read its own records; each batch's labelled tokens are those of the records the sampler named."""
+    from transformers import AutoProcessor
+
+    from lightning_modules.data import InstructionDataModule
+
+    probe = _probe(root, run)
+    seen = {rank: [i for r in rows for i in r["indices"]] for rank, rows in probe.items()}
+    assert [r["step"] for r in probe[0]] == list(steps) == [r["step"] for r in probe[1]]
+    assert not set(seen[0]) & set(seen[1]) and len(set(seen[0])) == len(seen[0]) == 2 * len(steps)
+    data = yaml.safe_load((root / f"{run}.yaml").read_text())["data"]
+    datamodule = InstructionDataModule(**data)
+    datamodule.setup("fit")
+    datamodule._tokenised(AutoProcessor.from_pretrained(root / "vlm"))
+    table = datamodule.train_set.table
+    for rows in probe.values():
+        for row in rows:
+            expected = [[t for t in table[i]["labels"] if t != -100] for i in row["indices"]]
+            assert row["labelled"] == expected, row
+    return probe
+
+
+def test_ddp_two_processes_shard_resume_and_export(fit_root):
+    root = fit_root
+    _fit(root, "ddp", "ddp")
+    probe = _check_shards_and_batches(root, "ddp", range(1, STEPS + 1))
+    assert "skipped 2 of 38 records" in (root / "ddp.log").read_text()
+
+    # killed after step 4 (its last checkpoint: step 3), then resumed from that checkpoint
+    assert _fit(root, "killed", "ddp", kill_at_step=4) == -signal.SIGKILL
+    assert not (root / "killed" / "ckpt" / f"step={STEPS}.ckpt").exists()
+    assert [r["step"] for r in _probe(root, "killed")[0]] == [1, 2, 3, 4]
+    _fit(root, "resumed", "ddp", f"--ckpt_path={root / 'killed' / 'ckpt' / 'step=3.ckpt'}")
+    resumed = _probe(root, "resumed")
+    for rank in (0, 1):  # every rank continues with the batch after the last one trained
+        assert [r["indices"] for r in resumed[rank]] == [r["indices"] for r in probe[rank][3:]]
+    final, again = _weights(root / "ddp" / "ckpt" / f"step={STEPS}.ckpt"), _weights(root / "resumed" / "ckpt" / f"step={STEPS}.ckpt")
+    assert set(final) == set(again) and any("lora_" in k for k in final) and any("region_projector" in k for k in final)
+    for key, value in final.items():
+        torch.testing.assert_close(again[key], value, rtol=1e-5, atol=1e-6)
+    start = _weights(root / "killed" / "ckpt" / "step=3.ckpt")
+    assert any(not torch.equal(start[k], final[k]) for k in final)  # steps 4-6 did train
+
+    # the adapter exported by rank 0 reloads onto a stock model: the trained model's logits
+    from peft import PeftModel
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from grounding.region_tokens import RegionGrounding
+
+    trained = _trained_module(root, "ddp", root / "ddp" / "ckpt" / f"step={STEPS}.ckpt")
+    base = LlavaForConditionalGeneration.from_pretrained(root / "vlm").eval()
+    processor = AutoProcessor.from_pretrained(root / "vlm")
+    RegionGrounding.from_pretrained(root / "ddp" / "adapter").attach(base, processor)
+    reloaded = PeftModel.from_pretrained(base, root / "ddp" / "adapter" / "lora").eval()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "is there a dog ?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    image = Image.open(root / "images" / "1.jpg")
+    with torch.no_grad():
+        expected = trained.model(**trained.processor(images=[image], text=[text], return_tensors="pt")).logits
+        got = reloaded(**processor(images=[image], text=[text], return_tensors="pt")).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
