@@ -5,6 +5,9 @@
     grounding fit --config configs/train/region_tokens_llava15.yaml --trainer.devices=8 --trainer.strategy=fsdp
     grounding fit --print_config
 
+`--trainer.strategy=fsdp2` is FSDP2 (`fully_shard`; `lightning_modules.sharding.FSDP2Strategy`: data parallel only,
+one-file checkpoints); it runs on CPUs (gloo) as well as GPUs. `fsdp` is Lightning's FSDP1 strategy (GPUs).
+
 Defaults a researcher expects: a progress bar in optimizer steps (`StepProgressBar`) unless the config names a
 progress bar or turns it off, and Lightning's CSV logger under `default_root_dir` (train/loss, train/lr,
 train/tokens_per_s) unless the config chooses a logger (TensorBoard, W&B, ...: any `class_path`) or `false`.
@@ -23,6 +26,7 @@ from lightning.pytorch.loggers import CSVLogger
 from .data import InstructionDataModule
 from .module import RegionTokensModule
 from .progress import StepProgressBar
+from .sharding import FSDP2Strategy
 
 __all__ = ["main", "make_cli", "FitCLI"]
 
@@ -34,6 +38,8 @@ class FitCLI(LightningCLI):
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             kwargs.setdefault("callbacks", [*callbacks, StepProgressBar()])
+        if config.get("strategy") == "fsdp2":
+            kwargs.setdefault("strategy", FSDP2Strategy())
         if config.get("logger") in (None, True):
             root = config.get("default_root_dir") or os.getcwd()
             kwargs.setdefault("logger", CSVLogger(save_dir=root, name="logs"))

@@ -3,7 +3,9 @@
 * LoRA (peft) targets the language model only: a regex anchored on `language_model` (both towers also name
   layers q_proj/k_proj/v_proj); the region projector is in `modules_to_save`. Everything else is frozen.
 * `dtype="bfloat16"` loads the frozen VLM in bf16 (no fp32 copy, no per-step weight casts under autocast; use
-  with `precision: 32-true`); peft keeps the LoRA weights in fp32, the trained projector stays in the model's dtype.
+  with `precision: 32-true` or `bf16-mixed`); peft keeps the LoRA weights in fp32, the trained projector stays in
+  the model's dtype. Each rank loads it straight onto its own device (transformers' low-memory loading), except
+  under FSDP, which shards it from the CPU.
 * `train_projector=True` also trains the VLM's own multimodal projector (in `modules_to_save`): what a LLaVA
   whose projector is new (e.g. the embedded `world-llava`) needs.
 * Loss = the causal-LM loss on `labels` (-100 everywhere but answer tokens; see the data module), computed from
@@ -20,8 +22,8 @@
   `accumulate_grad_batches`; `lr_schedule: cosine` counts optimizer steps (`trainer.max_steps`).
 * FSDP (`--trainer.strategy=fsdp`): unless the strategy names its own `auto_wrap_policy`, each decoder layer (of
   the language model and of the vision tower) and each trainable leaf (LoRA, projector) is its own unit (peft's
-  policy: one dtype per unit, frozen bf16 weights apart from fp32 LoRA). `--trainer.strategy=model_parallel`
-  (FSDP2, `fully_shard`, also on CPU with gloo) shards the same decoder layers, then the whole model.
+  policy: one dtype per unit, frozen bf16 weights apart from fp32 LoRA). `--trainer.strategy=fsdp2`
+  (Lightning's ModelParallelStrategy: FSDP2, `fully_shard`, also on CPU with gloo) shards the same decoder layers, then the whole model.
 * Logged each step: train/loss, train/lr, train/tokens_per_s (every rank's tokens over the step's time, summed).
 * `on_train_end` exports the adapter: peft's `adapter_model.safetensors` + the RegionGrounding projector/config.
 """
@@ -92,14 +94,14 @@ class RegionTokensModule(L.LightningModule):
         from eval.runner import load_vlm
         from grounding.assets import set_image_size
 
-        model, processor = load_vlm(self.hparams.vlm, self.hparams.dtype, "cpu")
+        model, processor = load_vlm(self.hparams.vlm, self.hparams.dtype, self._load_device())
         if self.hparams.image_size:  # the VLM's input size (image tokens = (size / patch)^2)
             set_image_size(processor, self.hparams.image_size)
         self.processor = processor
         grounding = RegionGrounding(self.regions_config)
         object.__setattr__(self, "grounding", grounding)  # kept out of the module tree: not wrapped, not saved
         if self.regions_config.num_regions:
-            grounding.load_tower("cpu").requires_grad_(False)
+            grounding.load_tower(model.device).requires_grad_(False)
         self.handle = grounding.attach(model, processor)
         if self.hparams.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -116,6 +118,15 @@ class RegionTokensModule(L.LightningModule):
             raise RuntimeError(f"unexpected trainable parameters: {stray[:5]}")
         self._shard()
 
+    def _load_device(self) -> str:
+        """Where the VLM is loaded: this rank's device (no host copy), or the CPU when FSDP shards it from there."""
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if strategy is None or isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)):
+            return "cpu"
+        return str(strategy.root_device)
+
     def _shard(self) -> None:
         """FSDP: set the wrap policy (fsdp) or shard the decoder layers now (model_parallel); else nothing."""
         from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
@@ -126,9 +137,10 @@ class RegionTokensModule(L.LightningModule):
         if isinstance(strategy, FSDPStrategy) and "auto_wrap_policy" not in strategy.kwargs:
             strategy.kwargs["auto_wrap_policy"] = fsdp_wrap_policy(self.model)
         elif isinstance(strategy, ModelParallelStrategy):
-            # checkpoints hold the trainable weights only: one small file, not a sharded directory (Lightning's
-            # sharded load expects every weight of the model in it)
-            strategy._save_distributed_checkpoint = False
+            if strategy._save_distributed_checkpoint:
+                raise ValueError("ModelParallelStrategy: set save_distributed_checkpoint: false (or use "
+                                 "--trainer.strategy=fsdp2): checkpoints hold the trainable weights only, one small "
+                                 "file; Lightning's sharded loader expects every weight of the model in them")
             apply_fsdp2(self.model, strategy.device_mesh["data_parallel"])
             self.strict_loading = False  # Lightning's FSDP2 load wants every weight; _check_resume checked ours
         if self._trainer is not None and self._trainer.ckpt_path:

@@ -1,5 +1,5 @@
 """FSDP for the LoRA'd VLM: which modules become sharded units, for FSDP1 (Lightning's `fsdp`) and FSDP2
-(Lightning's `model_parallel`, `fully_shard`).
+(`FSDP2Strategy`, `--trainer.strategy=fsdp2`: Lightning's ModelParallelStrategy, data parallel only).
 
 Units: every decoder layer of the language model and of the vision tower (the classes the model lists in
 `_no_split_modules`), then the rest of the model as the root unit. FSDP1 also needs one dtype per unit, so each
@@ -11,9 +11,10 @@ takes mixed dtypes, so its units are the decoder layers and the root. The ground
 
 from __future__ import annotations
 
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
-__all__ = ["layer_classes", "fsdp_wrap_policy", "apply_fsdp2", "fsdp_units"]
+__all__ = ["layer_classes", "fsdp_wrap_policy", "apply_fsdp2", "fsdp_units", "FSDP2Strategy"]
 
 
 def layer_classes(model: nn.Module) -> set[type]:
@@ -74,3 +75,17 @@ def apply_fsdp2(model: nn.Module, mesh) -> nn.Module:
             fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Lightning's ModelParallelStrategy as plain FSDP2: every process in one data-parallel group (no tensor
+    parallelism), checkpoints in one file (they hold the trainable weights only). The module shards itself in
+    `configure_model` (`apply_fsdp2`)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("save_distributed_checkpoint", False)
+        super().__init__(data_parallel_size="auto", tensor_parallel_size=1, **kwargs)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
