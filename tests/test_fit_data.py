@@ -1,0 +1,105 @@
+"""The fit data path: conversation label masking, batches equal to the processor's own, resumable loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+from lightning_modules.conversation import ConversationCollator, tokenize_batch
+from lightning_modules.loader import TrainerStatefulLoader
+from tiny_vlm import make_tiny_llava, photos
+
+SINGLE = [{"from": "human", "value": "<image>\nis there a dog ?"}, {"from": "gpt", "value": "yes"}]
+MULTI = [{"from": "human", "value": "<image>\nis there a dog ?"}, {"from": "gpt", "value": "yes"},
+         {"from": "human", "value": "is there a cat ?"}, {"from": "gpt", "value": "no"},
+         {"from": "human", "value": "please describe the image ."}, {"from": "gpt", "value": "a red car on a table ."}]
+
+
+def _batch(processor, conversations):
+    tokens = tokenize_batch({"conversations": conversations}, processor)
+    items = [{"input_ids": i, "labels": l, "image": image}
+             for i, l, image in zip(tokens["input_ids"], tokens["labels"], photos(len(conversations)))]
+    return ConversationCollator(processor)(items), tokens
+
+
+@pytest.mark.parametrize("regions", [0, 3])
+def test_only_assistant_tokens_carry_labels(regions):
+    """Labels are the answers and their end-of-turn token, in order; prompts, headers, image, padding: -100."""
+    _, processor = make_tiny_llava()
+    processor.num_additional_image_tokens += regions  # what attaching K region tokens does
+    tokenizer = processor.tokenizer
+    batch, _ = _batch(processor, [SINGLE, MULTI])
+    ids, labels = batch["input_ids"], batch["labels"]
+    assert labels.shape == ids.shape
+    labelled = labels != -100
+    assert torch.equal(labels[labelled], ids[labelled])  # a label is the token at its position
+    assert tokenizer.convert_ids_to_tokens(labels[0][labelled[0]]) == ["yes", "</s>"]
+    assert tokenizer.convert_ids_to_tokens(labels[1][labelled[1]]) == \
+        ["yes", "</s>", "no", "</s>", "a", "red", "car", "on", "a", "table", ".", "</s>"]
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    assistant = tokenizer.convert_tokens_to_ids("ASSISTANT:")
+    for row in range(2):
+        assert not labelled[row][ids[row] == image_id].any()
+        assert not labelled[row][batch["attention_mask"][row] == 0].any()
+        starts = [i for i in range(1, ids.shape[1]) if labelled[row, i] and not labelled[row, i - 1]]
+        assert starts and all(ids[row, i - 1] == assistant for i in starts)  # each answer right after its header
+    assert int((ids[0] == image_id).sum()) == (32 // 8) ** 2 + regions  # patches of the 32 px image, + K regions
+
+
+@pytest.mark.parametrize("regions", [0, 2])
+def test_batches_equal_the_processor_on_the_full_texts(regions):
+    """Tokenised once per record, expanded per batch: the processor's own input_ids, mask and pixels."""
+    from lightning_modules.conversation import to_messages
+
+    _, processor = make_tiny_llava()
+    processor.num_additional_image_tokens += regions
+    conversations = [MULTI, SINGLE, MULTI[:4]]
+    batch, _ = _batch(processor, conversations)
+    texts = [processor.apply_chat_template(to_messages(c)) for c in conversations]
+    reference = processor(images=photos(3), text=texts, return_tensors="pt", padding=True, padding_side="right")
+    assert set(batch) == set(reference) | {"labels"}
+    for key in reference:
+        assert torch.equal(batch[key], reference[key]), key
+
+
+def test_a_template_without_the_image_token_is_a_clear_error():
+    _, processor = make_tiny_llava()
+    processor.chat_template = processor.tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}{% endfor %}"
+    with pytest.raises(ValueError, match="rendered 0 image tokens"):
+        tokenize_batch({"conversations": [SINGLE]}, processor)
+
+
+class _Squares(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 23
+
+    def __getitem__(self, index: int) -> int:
+        return index * index
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_loader_state_is_taken_after_the_batches_trained(workers):
+    """With a batch in flight (as Lightning fetches one ahead), the saved state resumes at the next untrained batch,
+    for a rank of a distributed sampler, in-process or with a worker."""
+    def loader(position):
+        sampler = DistributedSampler(_Squares(), num_replicas=2, rank=1, shuffle=True, seed=7, drop_last=True)
+        sampler.set_epoch(3)
+        return TrainerStatefulLoader(_Squares(), batch_size=2, sampler=sampler, num_workers=workers, position=position)
+
+    trained = 0
+    first = loader(lambda: trained)
+    iterator = iter(first)
+    order, pending = [], next(iterator)
+    for _ in range(3):
+        following = next(iterator)  # fetched before the step on `pending`, like Lightning's prefetcher
+        order.append(pending.tolist())
+        trained += 1
+        pending = following
+    state = first.state_dict()
+    rest = [b.tolist() for b in [pending, *iterator]]
+
+    second = loader(None)
+    second.load_state_dict(state)
+    assert [b.tolist() for b in second] == rest  # not one batch later
+    assert len(order) + len(rest) == 6 and not set(map(tuple, order)) & set(map(tuple, rest))
