@@ -5,7 +5,8 @@ and it saves `loader.state_dict()` in mid-epoch checkpoints. A plain StatefulDat
 too many and a resumed run would skip it. This loader keeps a copy of its state after each yielded batch and, when
 asked, returns the one for the trainer's count of batches taken in this epoch (`position()`); with no position (or
 none recorded yet) it is a plain StatefulDataLoader. Everything else, distributed samplers, workers and their
-fast-forward on resume, is torchdata's.
+fast-forward on resume, is torchdata's. Checkpoints written by this project's earlier loader ({"epoch", "samples"})
+resume too (in-process loading: num_workers 0), at the same sample.
 """
 
 from __future__ import annotations
@@ -46,6 +47,25 @@ class TrainerStatefulLoader(StatefulDataLoader):
             if state is not None:
                 return copy.deepcopy(state)
         return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if set(state_dict) == {"epoch", "samples"}:
+            state_dict = self._from_samples(int(state_dict["samples"]))
+        super().load_state_dict(state_dict)
+
+    def _from_samples(self, samples: int) -> dict[str, Any]:
+        """The state of this loader after `samples` samples of the epoch (the earlier loader's checkpoint format)."""
+        if self.num_workers:
+            raise ValueError("this checkpoint was written by the earlier loader ({'epoch', 'samples'}): resume it with "
+                             "data.num_workers: 0, or start afresh")
+        fresh = StatefulDataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
+                                   collate_fn=self.collate_fn, num_workers=0)
+        state = fresh.state_dict()  # a fresh epoch, then moved on by `samples` (whole batches: a multiple of the size)
+        batches = samples // self.batch_size
+        state["_sampler_iter_yielded"] = state["_num_yielded"] = batches
+        if isinstance(state.get("_sampler_iter_state"), dict) and "samples_yielded" in state["_sampler_iter_state"]:
+            state["_sampler_iter_state"]["samples_yielded"] = samples  # torchdata's batch-sampler iterator
+        return state
 
 
 class _Recorder:

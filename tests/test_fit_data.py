@@ -103,3 +103,16 @@ def test_loader_state_is_taken_after_the_batches_trained(workers):
     second.load_state_dict(state)
     assert [b.tolist() for b in second] == rest  # not one batch later
     assert len(order) + len(rest) == 6 and not set(map(tuple, order)) & set(map(tuple, rest))
+
+
+def test_loader_resumes_a_checkpoint_of_the_earlier_loader():
+    """{"epoch", "samples"} (what checkpoints held before torchdata) resumes at that sample."""
+    def loader():
+        sampler = DistributedSampler(_Squares(), num_replicas=1, rank=0, shuffle=True, seed=7)
+        sampler.set_epoch(2)
+        return TrainerStatefulLoader(_Squares(), batch_size=3, sampler=sampler)
+
+    whole = [b.tolist() for b in loader()]
+    resumed = loader()
+    resumed.load_state_dict({"epoch": 2, "samples": 9})
+    assert [b.tolist() for b in resumed] == whole[3:]
