@@ -174,7 +174,9 @@ class RegionGrounding(nn.Module):
             return module
         active = module.active_adapter
         active = active[0] if isinstance(active, (list, tuple)) else active
-        return copies[active] if active in copies and not getattr(module, "disable_adapters", False) else module.original_module
+        if active in copies and not getattr(module, "disable_adapters", False):
+            return copies[active]
+        return module.original_module
 
     def save_pretrained(self, directory: str | Path, projector: nn.Module | None = None) -> None:
         """Config + projector weights (safetensors). The projector saved is `projector` if given, else the one the

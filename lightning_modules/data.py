@@ -66,7 +66,8 @@ class InstructionDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         row = self.table[index]
-        return {"input_ids": row["input_ids"], "labels": row["labels"], "image": load_image(self.image_root / row["image"])}
+        image = load_image(self.image_root / row["image"])  # decoded here: in the loader's worker
+        return {"input_ids": row["input_ids"], "labels": row["labels"], "image": image}
 
 
 class InstructionDataModule(L.LightningDataModule):

@@ -22,8 +22,8 @@
   `accumulate_grad_batches`; `lr_schedule: cosine` counts optimizer steps (`trainer.max_steps`).
 * FSDP (`--trainer.strategy=fsdp`): unless the strategy names its own `auto_wrap_policy`, each decoder layer (of
   the language model and of the vision tower) and each trainable leaf (LoRA, projector) is its own unit (peft's
-  policy: one dtype per unit, frozen bf16 weights apart from fp32 LoRA). `--trainer.strategy=fsdp2`
-  (Lightning's ModelParallelStrategy: FSDP2, `fully_shard`, also on CPU with gloo) shards the same decoder layers, then the whole model.
+  policy: one dtype per unit, frozen bf16 weights apart from fp32 LoRA). `--trainer.strategy=fsdp2` (FSDP2,
+  `fully_shard`, also on CPU with gloo) shards the same decoder layers, then the whole model.
 * Logged each step: train/loss, train/lr, train/tokens_per_s (every rank's tokens over the step's time, summed).
 * `on_train_end` exports the adapter: peft's `adapter_model.safetensors` + the RegionGrounding projector/config.
 """
@@ -152,7 +152,8 @@ class RegionTokensModule(L.LightningModule):
             return  # a sharded directory (not written by this module): Lightning's own loader checks it
         keys = set(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["state_dict"])
         trainable = self.trainable_names()
-        missing, unexpected = sorted(trainable - {_clean(k) for k in keys}), sorted({_clean(k) for k in keys} - trainable)
+        saved = {_clean(k) for k in keys}
+        missing, unexpected = sorted(trainable - saved), sorted(saved - trainable)
         if missing or unexpected:
             raise RuntimeError(f"{path} does not hold this model's trainable weights: missing {missing[:5]} "
                                f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}). It was saved with "

@@ -1,8 +1,8 @@
 """A Lightning callback for the distributed fit tests (imported by `grounding fit` subprocesses via PYTHONPATH).
 
 Per rank it appends one JSON line per training batch: the step, the batch index, the dataset indices the rank's
-DistributedSampler gave for this batch, and the labelled token ids of the batch (to match them to those records), and whether the weights are sharded
-(FSDP2 DTensors).
+DistributedSampler gave for this batch, the labelled token ids of the batch (to match them to those records), and
+whether the weights are sharded (FSDP2 DTensors).
 With $FIT_PROBE_KILL_AT_STEP, every rank SIGKILLs itself right after that optimizer step: a run killed mid-epoch
 (the same config then resumes it)."""
 
