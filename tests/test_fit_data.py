@@ -116,3 +116,38 @@ def test_loader_resumes_a_checkpoint_of_the_earlier_loader():
     resumed = loader()
     resumed.load_state_dict({"epoch": 2, "samples": 9})
     assert [b.tolist() for b in resumed] == whole[3:]
+
+
+def test_llava_instruction_files_mix_with_coco_records(tmp_path):
+    """A LLaVA-Instruct-665k-style file (ids, multi-turn, a text-only record, a missing image) and COCO instances:
+    text-only and missing-image records are left out, the rest tokenised once and served with their images."""
+    import json
+    import types
+
+    from lightning_modules.data import InstructionDataModule
+
+    for i, image in enumerate(photos(2)):
+        image.save(tmp_path / f"{i}.png")
+    records = [{"id": "000000033471", "image": "0.png", "conversations": MULTI},
+               {"id": 7, "conversations": [{"from": "human", "value": "is there a dog ?"}, {"from": "gpt", "value": "no"}]},
+               {"id": "x", "image": "gone.png", "conversations": SINGLE},
+               {"id": "y", "image": "1.png", "conversations": SINGLE}]
+    (tmp_path / "llava.json").write_text(json.dumps(records))
+    instances = {"images": [{"id": 1, "file_name": "1.png"}], "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}],
+                 "annotations": [{"image_id": 1, "category_id": 1}]}
+    (tmp_path / "instances.json").write_text(json.dumps(instances))
+    _, processor = make_tiny_llava()
+    datamodule = InstructionDataModule(image_root=str(tmp_path), instructions=str(tmp_path / "llava.json"),
+                                       instances=str(tmp_path / "instances.json"), batch_size=2,
+                                       cache_dir=str(tmp_path / "cache"))
+    datamodule.trainer = types.SimpleNamespace(lightning_module=types.SimpleNamespace(processor=processor),
+                                               strategy=types.SimpleNamespace(local_rank=0, barrier=lambda *a: None),
+                                               world_size=1, global_rank=0, current_epoch=0)
+    datamodule.setup("fit")
+    assert datamodule.skipped == 1  # the missing image; the text-only record never counts as a training record
+    assert datamodule.table["image"] == ["0.png", "1.png", "1.png", "1.png"]  # 2 instructions, then yes + no
+    batches = list(datamodule.train_dataloader())
+    assert sum(len(b["input_ids"]) for b in batches) == 4
+    answers = sorted(" ".join(processor.tokenizer.convert_ids_to_tokens(row[row != -100]))
+                     for b in batches for row in b["labels"])
+    assert answers == ["no </s>", "yes </s>", "yes </s>", "yes </s> no </s> a red car on a table . </s>"]
