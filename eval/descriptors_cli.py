@@ -155,8 +155,8 @@ def write_correspondences(described, images, names: Sequence[str], out_dir: Path
             pen.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour, outline=(255, 255, 255))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     canvas.save(Path(out_dir) / "correspond.png")
-    pairs = [{"point1": [round(v, 1) for v in p1], "point2": [round(v, 1) for v in p2], "similarity": round(float(s), 4),
-              "saliency": round(float(r), 4)}
+    pairs = [{"point1": [round(v, 1) for v in p1], "point2": [round(v, 1) for v in p2],
+              "similarity": round(float(s), 4), "saliency": round(float(r), 4)}
              for p1, p2, s, r in zip(points1.tolist(), points2.tolist(), found.similarity, found.saliency)]
     return {**_common(described[:2], names[:2], settings), "pairs": pairs, "buddies": found.buddies,
             "picture": "correspond.png"}
@@ -207,7 +207,8 @@ def _cmd_descriptors(args) -> int:
         record = write_parts(described, images, names, out, settings, PartsConfig(num_parts=args.num_parts,
                                                                                   cosegment=coseg))
     else:
-        config = CorrespondenceConfig(num_pairs=args.num_pairs, threshold=0.05 if args.threshold is None else args.threshold)
+        threshold = 0.05 if args.threshold is None else args.threshold
+        config = CorrespondenceConfig(num_pairs=args.num_pairs, threshold=threshold)
         record = write_correspondences(described, images, names, out, settings, config)
     write_json(out / f"{args.action}.json", {**record, **run_metadata(vars(args))})
     print(f"{args.action}: {len(described)} images, stride {stride}, grids "
@@ -217,7 +218,8 @@ def _cmd_descriptors(args) -> int:
 
 def add_descriptors_command(commands: argparse._SubParsersAction, default_device: str) -> None:
     """Add `descriptors pca|cosegment|parts|correspond` to the top-level subcommands."""
-    parser = commands.add_parser("descriptors", help="dense ViT descriptors: PCA, co-segmentation, parts, correspondences")
+    parser = commands.add_parser("descriptors",
+                                 help="dense ViT descriptors: PCA, co-segmentation, parts, correspondences")
     actions = parser.add_subparsers(dest="action", required=True)
     helps = {"pca": "PCA of the descriptors as RGB", "cosegment": "co-segment the common object of the images",
              "parts": "co-segment the common object's parts", "correspond": "point correspondences of two images"}

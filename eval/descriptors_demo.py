@@ -71,7 +71,7 @@ def report_lines(result: dict) -> list[str]:
     if "correspond" in result:
         corr = result["correspond"]
         lines += [f"### Correspondences: {corr['images'][0]} and {corr['images'][1]}", "",
-                  f"{corr['pairs']} pairs picked from {corr['buddies']} salient best buddies (layer {corr['layer']} keys, "
-                  "log-binned).",
+                  f"{corr['pairs']} pairs picked from {corr['buddies']} salient best buddies "
+                  f"(layer {corr['layer']} keys, log-binned).",
                   "", f"![correspondences](descriptors/{corr['picture']})", ""]
     return lines

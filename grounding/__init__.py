@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve through __getattr__
     from .backbone import PreprocessConfig, RegisterViT, TowerConfig, TowerOutput, WeightsNotFoundError
+    from .descriptors import DenseExtractor
     from .guidance import GuidanceConfig, ObjectGuidance
     from .images import ImageError, load_image
     from .object_dino import ObjectDINO, ObjectDINOConfig, ObjectDINOOutput
@@ -23,6 +24,7 @@ _EXPORTS = {
     "PreprocessConfig": "backbone",
     "TowerOutput": "backbone",
     "WeightsNotFoundError": "backbone",
+    "DenseExtractor": "descriptors",
     "ObjectDINO": "object_dino",
     "ObjectDINOConfig": "object_dino",
     "ObjectDINOOutput": "object_dino",

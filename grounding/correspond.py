@@ -50,7 +50,8 @@ class Correspondences:
         return len(self.cells1)
 
 
-def best_buddies(a: torch.Tensor, b: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def best_buddies(a: torch.Tensor, b: torch.Tensor,
+                 chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(N1, D), (N2, D) -> ((N1,) bool: i is a best buddy, (N1,) nearest j of each i, (N1,) its cosine)."""
     a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
     row_best, row_index = [], []

@@ -72,7 +72,8 @@ class CosegmentOutput:
         return not bool(self.salient.any())
 
 
-def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor,
+                     chunk: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) points, (k, D) centroids -> ((N,) index of the nearest, (N,) squared distance to it), in row chunks."""
     labels, distances = [], []
     norms = (centroids * centroids).sum(-1)  # (k,)

@@ -86,7 +86,8 @@ def facet_descriptors(out: TowerOutput, layer: int = -1, facet: Facet = "key") -
     return x.permute(0, 2, 3, 1).reshape(batch, h, w, -1)  # (B, h, w, d*H), head index fastest
 
 
-def saliency_map(out: TowerOutput, tower: RegisterViT | None = None, heads: Sequence[int] | None = None) -> torch.Tensor:
+def saliency_map(out: TowerOutput, tower: RegisterViT | None = None,
+                 heads: Sequence[int] | None = None) -> torch.Tensor:
     """(B, h, w) last-layer [CLS] attention to the patches, mean over `heads` (None: all), min-max per image.
 
     Attention is softmax(q_cls k^T / sqrt(d)) over all tokens (registers included) from the captured q/k as
