@@ -5,13 +5,13 @@ Registry `BENCHMARKS`: name -> class with `items(...)`, `score(predictions)` and
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from .chair import ChairScorer, ground_truth_from_coco, ground_truth_from_json
 from .pope import load_questions, parse_answer, pope_metrics
+from .records import read_json
 from .runner import Item
 
 __all__ = ["PopeBenchmark", "ChairBenchmark", "BENCHMARKS", "CAPTION_PROMPT", "chair_image_ids"]
@@ -33,16 +33,21 @@ class PopeBenchmark:
                      {"question": row["text"], "label": row.get("label")}) for row in rows]
 
     def score(self, predictions: list[dict]) -> dict:
+        """Metrics over the answered predictions (the runner counts the skipped ones)."""
         answered = [p for p in predictions if "answer" in p]
-        if any(p.get("label") is None for p in answered):
-            raise ValueError("POPE questions without labels cannot be scored")
-        metrics = pope_metrics([p["label"] for p in answered], [parse_answer(p["answer"], self.parser) for p in answered])
-        return {**metrics, "parser": self.parser, "unreadable_images": len(predictions) - len(answered)}
+        unlabelled = [p["key"] for p in answered if p.get("label") is None]
+        if unlabelled:
+            raise ValueError(f"{self.questions}: {len(unlabelled)} questions have no label (e.g. {unlabelled[:3]}); "
+                             "POPE needs a yes/no label per question to score")
+        metrics = pope_metrics([p["label"] for p in answered],
+                               [parse_answer(p["answer"], self.parser) for p in answered])
+        return {**metrics, "parser": self.parser}
 
 
 def chair_image_ids(annotations: str | Path, num_images: int, seed: int) -> list[dict]:
     """A fixed random list of val2014 images (id + file name) for a seed."""
-    data = json.loads((Path(annotations) / "instances_val2014.json").read_text())
+    data = read_json(Path(annotations) / "instances_val2014.json", "COCO instances file (--annotations)",
+                     ("images", "annotations", "categories"))
     images = sorted(data["images"], key=lambda im: im["id"])
     chosen = random.Random(seed).sample(images, min(num_images, len(images)))
     return [{"image_id": im["id"], "file_name": im["file_name"]} for im in chosen]
@@ -62,11 +67,24 @@ class ChairBenchmark:
                 for entry in self.image_list]
 
     def truth(self) -> dict:
-        if self.ground_truth:
-            return ground_truth_from_json(self.ground_truth)
-        if self.annotations:
-            return ground_truth_from_coco(self.annotations)
-        raise ValueError("CHAIR needs --annotations DIR (COCO 2014 files) or --ground-truth FILE")
+        """image id (as a string) -> ground-truth objects; read once."""
+        if "_truth" not in self.__dict__:
+            if self.ground_truth:
+                truth = ground_truth_from_json(self.ground_truth)
+            elif self.annotations:
+                truth = ground_truth_from_coco(self.annotations)
+            else:
+                raise ValueError("CHAIR needs --annotations DIR (COCO 2014 files) or --ground-truth FILE")
+            self.__dict__["_truth"] = {str(k): v for k, v in truth.items()}
+        return self.__dict__["_truth"]
+
+    def check_truth(self) -> None:
+        """Every image to caption has ground truth (checked before generating)."""
+        truth = self.truth()
+        missing = [entry["image_id"] for entry in self.image_list if str(entry["image_id"]) not in truth]
+        if missing:
+            raise ValueError(f"{len(missing)} images have no ground truth in {self.ground_truth or self.annotations} "
+                             f"(e.g. {missing[:3]})")
 
     def score(self, predictions: list[dict]) -> dict:
         return score_captions([{"image_id": p["key"], "caption": p["answer"]} for p in predictions if "answer" in p],

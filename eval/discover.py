@@ -4,6 +4,10 @@ one JSONL record per image appended as it is produced, masks and overlays as PNG
 Images are decoded at no more than the tower's largest input side, so a huge photo costs no more memory than
 a normal one: boxes and `image_size` in the records are in the file's pixels; the mask and overlay pictures of
 an image larger than that side are saved at the reduced size.
+
+Given `settings` (what produces the boxes: weights, method, its options, preprocessing), the folder resumes only
+records made with the same settings and from the same inputs (`eval.run_folder`); an unreadable image is
+recorded as a skip with the reason and tried again by the next run.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from grounding.backbone import RegisterViT
+from grounding.descriptors import DenseExtractor
 from grounding.discovery import discover
 from grounding.images import ImageError, load_image, original_size, to_original_pixels
 from grounding.object_dino import ObjectDINO
@@ -26,9 +31,10 @@ from grounding.regions import upsample_maps
 from grounding.viz import draw_boxes, overlay
 
 from .corloc import iou
-from .records import JsonlLog
+from .records import SKIPPED, JsonlLog
+from .run_folder import check_records, fingerprint, item_digest, save_settings
 
-__all__ = ["DiscoveryJob", "run_discovery", "IMAGE_SUFFIXES", "list_images", "mark_degenerate"]
+__all__ = ["DiscoveryJob", "run_discovery", "open_predictions", "IMAGE_SUFFIXES", "list_images", "mark_degenerate"]
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -37,7 +43,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
+        raise FileNotFoundError(f"image folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}")
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
@@ -50,6 +56,9 @@ class DiscoveryJob:
     path: Path
     gt_boxes: list[list[float]] | None = None
 
+    def digest(self) -> str:
+        return item_digest(self.key, self.path.name, self.gt_boxes)
+
 
 def _method_options(object_dino: ObjectDINO, dinoseg_head: int, tau: float | None, tower: RegisterViT) -> dict:
     """Options every registered method receives (each takes what it uses): Object-DINO's config, DINO-seg's head
@@ -57,48 +66,68 @@ def _method_options(object_dino: ObjectDINO, dinoseg_head: int, tau: float | Non
     return {"object_dino": object_dino, "head": dinoseg_head, "tower": tower, "tau": tau}
 
 
+def open_predictions(out_dir: str | Path, jobs: Sequence[DiscoveryJob], settings: dict | None = None) -> JsonlLog:
+    """`out_dir/predictions.jsonl`; with `settings`, refused (SettingsMismatch) when its records were made with
+    other settings or from other inputs, and the settings saved beside it."""
+    out_dir = Path(out_dir)
+    records = JsonlLog(out_dir / "predictions.jsonl", key="image")
+    if settings is not None:
+        check_records(out_dir, records.records, settings, {job.key: job.digest() for job in jobs}, key="image")
+        save_settings(out_dir, settings)
+    return records
+
+
 def run_discovery(tower: RegisterViT, method: str, jobs: Sequence[DiscoveryJob], out_dir: str | Path,
                   object_dino: ObjectDINO | None = None, dinoseg_head: int = 4, pictures: bool = True,
-                  progress: bool = True, tau: float | None = None) -> list[dict]:
-    """Run `method` on every job not yet in ``out_dir/predictions.jsonl``; returns all records (old and new).
+                  progress: bool = True, tau: float | None = None, settings: dict | None = None,
+                  records: JsonlLog | None = None, stride: int | None = None) -> list[dict]:
+    """Run `method` on every job not yet in ``out_dir/predictions.jsonl``; returns the jobs' records in job order
+    (old and new; an image that could not be read has a `skipped` record with the reason).
+
+    stride: run the tower with overlapping patches at this stride (`grounding.descriptors.DenseExtractor`).
 
     Each record holds the box, and `degenerate`: the method's graph was complete (every affinity above tau, or
     every key inner product positive for LOST), so the box is arbitrary; overlays say so in red.
+    records: the log `open_predictions(out_dir, jobs, settings)` returned (opened here when None).
     """
     out_dir = Path(out_dir)
     object_dino = object_dino or ObjectDINO(k=12)
-    records = JsonlLog(out_dir / "predictions.jsonl", key="image")
+    records = records if records is not None else open_predictions(out_dir, jobs, settings)
+    stamp = {"run": fingerprint(settings)} if settings is not None else {}
     todo = [job for job in jobs if job.key not in records.done]
     if len(todo) < len(jobs):
         log.info("resuming: %d of %d images already done", len(jobs) - len(todo), len(jobs))
     options = _method_options(object_dino, dinoseg_head, tau, tower)
+    runner = DenseExtractor(tower, stride) if stride else tower
     for job in tqdm(todo, desc=f"discover {method}", unit="img", disable=not progress):
         record: dict = {"image": job.key, "method": method}
         try:
             image = load_image(job.path, max_side=tower.max_input_side)
-            out = tower([image])
-            found = discover(method, out, **options)
-            box = to_original_pixels(found.boxes[0], image)  # (4,) file pixels
-            width, height = original_size(image)
-            degenerate = bool(found.degenerate[0])
-            record.update(box=[round(float(v), 2) for v in box], degenerate=degenerate, map_size=list(out.grid),
-                          image_size=[height, width])
-            if pictures:
-                _save_pictures(out_dir, job.key, image, found.masks[0], out, found.boxes[0], method, degenerate)
         except ImageError as error:
             log.warning("skipping %s: %s", job.key, error)
-            record.update(error=str(error))
+            records.append({**record, SKIPPED: str(error), **stamp, "item": job.digest()})
+            continue
+        out = runner([image])
+        found = discover(method, out, **options)
+        box = to_original_pixels(found.boxes[0], image)  # (4,) file pixels
+        width, height = original_size(image)
+        degenerate = bool(found.degenerate[0])
+        record.update(box=[round(float(v), 2) for v in box], degenerate=degenerate, map_size=list(out.grid),
+                      image_size=[height, width])
+        if pictures:
+            _save_pictures(out_dir, job.key, image, found.masks[0], out, found.boxes[0], method, degenerate)
         if job.gt_boxes is not None:
-            overlaps = iou(torch.tensor(record["box"]), torch.tensor(job.gt_boxes)) if "box" in record else None
-            best = float(overlaps.max()) if overlaps is not None and len(job.gt_boxes) else 0.0
+            overlaps = iou(torch.tensor(record["box"]), torch.tensor(job.gt_boxes))
+            best = float(overlaps.max()) if len(job.gt_boxes) else 0.0
             record.update(gt_boxes=job.gt_boxes, iou=round(best, 4), correct=best >= 0.5)
-        records.append(record)
-    degenerate = sum(bool(r.get("degenerate")) for r in records.records)
+        records.append({**record, **stamp, "item": job.digest()})
+    current = [records.latest[job.key] for job in jobs if job.key in records.latest]
+    degenerate = sum(bool(r.get("degenerate")) for r in current)
     if degenerate:
         log.warning("%s: %d of %d images had a complete graph (arbitrary box, flagged `degenerate`); "
                     "the -adaptive / -centred methods handle such backbones (docs/discovery.md)",
-                    method, degenerate, len(records.records))
-    return records.records
+                    method, degenerate, len(current))
+    return current
 
 
 def _save_pictures(out_dir: Path, key: str, image: Image.Image, mask: torch.Tensor, out, box: torch.Tensor,

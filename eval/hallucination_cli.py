@@ -1,16 +1,22 @@
-"""`grounding eval pope | chair | score | report | build-pope`.
+"""`grounding eval pope | chair | score | report | build-pope | lmms-task`.
 
 Every run option can also come from `--config FILE.yaml` (keys are the long option names with underscores);
-flags given on the command line win over the file.
+flags given on the command line win over the file, and the file's values go through the flags' own types and
+choices. A run folder resumes only a run with the same settings (`--overwrite` starts it afresh); see
+`eval.runner`. Input files are checked before any model loads, and every error names the file, line, field or
+option at fault.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import yaml
+
+from .cli_types import config_value, nonnegative_int, positive_float, positive_int
 
 __all__ = ["add_commands", "resolve_config", "run_config_from_args"]
 
@@ -22,32 +28,68 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default="baseline", help="comma-separated: baseline,highlight,masked-contrast,vcd,region-tokens")
     parser.add_argument("--out", help="run folder")
     parser.add_argument("--tower", default="facebook/dinov2-with-registers-base", help="grounding tower (hub or dir)")
-    parser.add_argument("--tower-short-side", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=None)
-    parser.add_argument("--do-sample", action="store_true")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--tower-short-side", type=positive_int, default=224)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
+                        help="default: 64 for pope, 512 for chair")
+    parser.add_argument("--do-sample", action="store_true",
+                        help="sample (full softmax, each item from its own seed) instead of greedy decoding")
+    parser.add_argument("--temperature", type=positive_float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default=None, help="default: accelerate's device for this process")
-    parser.add_argument("--max-image-side", type=int, default=2048,
+    parser.add_argument("--max-image-side", type=nonnegative_int, default=2048,
                         help="decode photos at no more than this many pixels on the longer side (0: full size)")
     parser.add_argument("--method-options", default=None, help='JSON, e.g. \'{"highlight": {"alpha": 0.4}}\'')
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the methods' earlier answers in --out instead of refusing other settings")
 
 
-def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv_flags: set[str]) -> argparse.Namespace:
-    """Fill options not given on the command line from --config; unknown keys are an error."""
+def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   argv_flags: set[str]) -> argparse.Namespace:
+    """Fill options not given on the command line from --config; unknown keys and values the flag would refuse
+    are an error naming the file and the key."""
     if not args.config:
         return args
-    data = yaml.safe_load(Path(args.config).read_text()) or {}
-    known = {a.dest for a in parser._actions}
-    unknown = set(data) - known
+    path = Path(args.config)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or error
+        raise ValueError(f"--config {path}{where}: not valid YAML ({problem})") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected option: value pairs, got a {type(data).__name__}")
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
+    unknown = sorted(str(k) for k in data if k not in actions)
     if unknown:
-        raise ValueError(f"{args.config}: unknown options {sorted(unknown)}")
+        raise ValueError(f"--config {path}: unknown options {unknown}; it takes {', '.join(sorted(actions))}")
     for key, value in data.items():
-        if f"--{key.replace('_', '-')}" not in argv_flags:
-            setattr(args, key, json.dumps(value) if key == "method_options" and not isinstance(value, str) else value)
+        if any(flag in argv_flags for flag in actions[key].option_strings):
+            continue
+        if key == "method_options":
+            value = value if value is None or isinstance(value, str) else json.dumps(value)
+        elif key == "methods" and isinstance(value, list):
+            value = ",".join(map(str, value))
+        setattr(args, key, config_value(actions[key], value, f"--config {path}"))
     return args
+
+
+def _method_options(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--method-options: not valid JSON ({error.msg} at column {error.colno}): {text}") from None
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ValueError(f"--method-options must be a JSON object of method: {{option: value}}, e.g. "
+                         f"'{{\"highlight\": {{\"alpha\": 0.4}}}}'; got {text}")
+    return options
 
 
 def run_config_from_args(args):
@@ -55,12 +97,22 @@ def run_config_from_args(args):
 
     missing = [name for name in ("model", "images", "out") if not getattr(args, name)]
     if missing:
-        raise ValueError(f"missing options: {', '.join('--' + m for m in missing)}")
+        raise ValueError(f"missing options: {', '.join('--' + m.replace('_', '-') for m in missing)}")
+    if not Path(args.images).is_dir():
+        raise FileNotFoundError(f"--images {args.images}: no such folder")
     return RunConfig(model=args.model, methods=args.methods, out=args.out, tower=args.tower,
                      tower_short_side=args.tower_short_side, batch_size=args.batch_size,
                      max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
                      seed=args.seed, dtype=args.dtype, device=args.device, max_image_side=args.max_image_side or None,
-                     method_options=json.loads(args.method_options) if args.method_options else {})
+                     method_options=_method_options(args.method_options), overwrite=args.overwrite)
+
+
+def _print_counts(method: str, metrics: dict) -> None:
+    if metrics.get("skipped"):
+        example = metrics["skipped_examples"][0]
+        print(f"warning: {method}: {metrics['skipped']} of {metrics['scored'] + metrics['skipped']} items skipped "
+              f"(e.g. {example['key']!r}: {example['reason']}); the figures cover the {metrics['scored']} scored; "
+              "rerun the same command to retry them", file=sys.stderr)
 
 
 def _cmd_pope(args) -> int:
@@ -74,7 +126,10 @@ def _cmd_pope(args) -> int:
                           {"split": args.split, "questions": args.questions, "parser": args.parser})
     for method, m in results.items():
         print(f"{method:16s} acc {m['accuracy']:6.2f}  prec {m['precision']:6.2f}  rec {m['recall']:6.2f}  "
-              f"F1 {m['f1']:6.2f}  yes {m['yes_ratio']:6.2f}  unknown {m['unknown']}")
+              f"F1 {m['f1']:6.2f}  yes {m['yes_ratio']:6.2f}  unknown {m['unknown']}  scored {m['scored']}  "
+              f"skipped {m['skipped']}")
+    for method, m in results.items():
+        _print_counts(method, m)
     return 0
 
 
@@ -88,57 +143,147 @@ def _cmd_chair(args) -> int:
     if not args.annotations:
         raise ValueError("chair needs --annotations DIR (COCO 2014: instances_val2014.json, captions_*.json)")
     image_list = chair_image_ids(args.annotations, args.num_images, args.seed)
-    write_json(Path(args.out) / "image_ids.json", {"seed": args.seed, "num_images": args.num_images, "images": image_list})
     bench = ChairBenchmark(args.images, args.annotations, args.ground_truth, image_list)
+    bench.check_truth()  # the ground truth is read (and checked) before any model loads
     results = run_methods(config, bench.items(), bench.task, bench.score,
                           {"num_images": args.num_images, "annotations": args.annotations})
+    write_json(Path(args.out) / "image_ids.json",
+               {"seed": args.seed, "num_images": args.num_images, "images": image_list})
     for method, m in results.items():
         print(f"{method:16s} CHAIR_s {m['chair_s']:6.2f}  CHAIR_i {m['chair_i']:6.2f}  recall {m['recall']:6.2f}  "
-              f"len {m['mean_length']:6.1f}")
+              f"len {m['mean_length']:6.1f}  scored {m['scored']}  skipped {m['skipped']}")
+    for method, m in results.items():
+        _print_counts(method, m)
     return 0
 
 
-def _answers_by_question(path: Path, questions: list[dict]) -> list[str]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    text_field = next((f for f in ("answer", "text", "output", "prediction") if rows and f in rows[0]), None)
+def _lmms_eval_sample(row: dict) -> dict:
+    """An lmms-eval --log_samples row (POPE task) -> {question_id, answer}: the raw response, before its parser."""
+    response = row["filtered_resps"]
+    response = response[0] if isinstance(response, list) else response
+    metric = next((v for v in row.values() if isinstance(v, dict) and "question_id" in v), row.get("doc", {}))
+    return {"question_id": metric["question_id"], "answer": response}
+
+
+def _rows(path: str | None, option: str, what: str) -> list[tuple[int, dict]]:
+    from .records import read_jsonl
+
+    if not path:
+        raise ValueError(f"missing {option} FILE ({what})")
+    rows = list(read_jsonl(path, f"{option} file"))
+    if not rows:
+        raise ValueError(f"{option} {path}: no rows (an empty file)")
+    return rows
+
+
+def _answers_by_question(path: str, questions: list[dict]) -> list[str]:
+    """Answers in question order: matched by question_id (1 and "1" are the same id) or, without ids, by line."""
+    from .pope import question_id
+
+    rows = _rows(path, "--answers", "JSONL: question_id + answer / text / output / prediction")
+    if "filtered_resps" in rows[0][1]:  # lmms-eval's --log_samples file
+        rows = [(number, _lmms_eval_sample(row)) for number, row in rows]
+    text_field = next((f for f in ("answer", "text", "output", "prediction") if f in rows[0][1]), None)
     if text_field is None:
-        raise ValueError(f"{path}: no answer field (answer / text / output / prediction)")
-    if rows and "question_id" in rows[0]:
-        by_id = {r["question_id"]: r[text_field] for r in rows}
-        missing = [q["question_id"] for q in questions if q["question_id"] not in by_id]
-        if missing:
-            raise ValueError(f"{path}: no answers for {len(missing)} questions (e.g. {missing[:3]})")
-        return [by_id[q["question_id"]] for q in questions]
-    if len(rows) != len(questions):  # the official POPE answer files have no ids: line order
-        raise ValueError(f"{path}: {len(rows)} answers without question ids for {len(questions)} questions")
-    return [r[text_field] for r in rows]
+        raise ValueError(f"{path} line {rows[0][0]}: no answer field (answer / text / output / prediction)")
+    by_id = "question_id" in rows[0][1]
+    answers: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for number, row in rows:
+        here = f"{path} line {number}"
+        if not isinstance(row.get(text_field), str):
+            raise ValueError(f"{here}: {text_field} must be a string (the model's answer), got {row.get(text_field)!r}")
+        if by_id:
+            if "question_id" not in row:
+                raise ValueError(f"{here}: no question_id (line {rows[0][0]} has one: every answer needs one)")
+            key = str(question_id(row["question_id"], here))
+            if key in answers:
+                raise ValueError(f"{here}: question_id {row['question_id']!r} answered again (line {lines[key]}); "
+                                 "one answer per question")
+            answers[key], lines[key] = row[text_field], number
+    if not by_id:  # the official POPE answer files have no ids: line order
+        if len(rows) != len(questions):
+            raise ValueError(f"{path}: {len(rows)} answers without question ids for {len(questions)} questions")
+        return [row[text_field] for _, row in rows]
+    missing = [q["question_id"] for q in questions if str(q["question_id"]) not in answers]
+    if missing:
+        raise ValueError(f"{path}: no answers for {len(missing)} of {len(questions)} questions (e.g. {missing[:3]})")
+    extra = sorted(set(answers) - {str(q["question_id"]) for q in questions})
+    if extra:
+        raise ValueError(f"{path}: answers for {len(extra)} question ids not in the question file (e.g. {extra[:3]}): "
+                         "another question file?")
+    return [answers[str(q["question_id"])] for q in questions]
+
+
+def _captions(path: str) -> list[dict]:
+    from .pope import question_id
+
+    rows = _rows(path, "--captions", "JSONL: image_id + caption")
+    captions, seen = [], {}
+    for number, row in rows:
+        here = f"{path} line {number}"
+        for name in ("image_id", "caption"):
+            if name not in row:
+                raise ValueError(f"{here}: no {name} (each line needs image_id and caption)")
+        if not isinstance(row["caption"], str):
+            raise ValueError(f"{here}: caption must be a string, got {row['caption']!r}")
+        key = str(question_id(row["image_id"], here))
+        if key in seen:
+            raise ValueError(f"{here}: image_id {row['image_id']!r} again (line {seen[key]}); one caption per image")
+        seen[key] = number
+        captions.append({"image_id": row["image_id"], "caption": row["caption"]})
+    return captions
 
 
 def _cmd_score(args) -> int:
     from .benchmarks import score_captions
     from .chair import ground_truth_from_coco, ground_truth_from_json
     from .pope import load_questions, parse_answer, pope_metrics
-    from .records import run_metadata, write_json
+    from .records import run_metadata, write_json, write_jsonl
 
     out = Path(args.out)
     if args.kind == "pope":
+        if not args.questions:
+            raise ValueError("missing --questions (a question file or a shipped split such as coco_adversarial)")
         questions = load_questions(args.questions)
-        answers = _answers_by_question(Path(args.answers), questions)
+        unlabelled = [q["question_id"] for q in questions if "label" not in q]
+        if unlabelled:
+            raise ValueError(f"{args.questions}: {len(unlabelled)} questions have no yes/no label (e.g. "
+                             f"{unlabelled[:3]}): cannot score")
+        answers = _answers_by_question(args.answers, questions)
         parsed = [parse_answer(a, args.parser) for a in answers]
         metrics = {**pope_metrics([q["label"] for q in questions], parsed), "parser": args.parser}
         per_item = [{"question_id": q["question_id"], "label": q["label"], "answer": a, "parsed": p}
                     for q, a, p in zip(questions, answers, parsed)]
-        print(f"acc {metrics['accuracy']:.2f}  F1 {metrics['f1']:.2f}  yes {metrics['yes_ratio']:.2f}")
+        print(f"acc {metrics['accuracy']:.2f}  F1 {metrics['f1']:.2f}  yes {metrics['yes_ratio']:.2f}  "
+              f"({metrics['questions']} questions)")
+        if args.lmms_eval:
+            from .lmms_pope import lmms_eval_pope_scores
+
+            metrics["lmms_eval"] = lmms_eval_pope_scores([q["question_id"] for q in questions],
+                                                         [q["label"] for q in questions], answers)
+            m = metrics["lmms_eval"]
+            print(f"lmms-eval's POPE scoring on the same answers: acc {m['accuracy']:.2f}  F1 {m['f1']:.2f}  "
+                  f"yes {m['yes_ratio']:.2f} (of the labels)  neither yes nor no {m['neither_yes_nor_no']}")
     else:
-        rows = [json.loads(line) for line in Path(args.captions).read_text().splitlines() if line.strip()]
-        truth = ground_truth_from_json(args.ground_truth) if args.ground_truth else ground_truth_from_coco(args.annotations)
-        metrics = score_captions([{"image_id": r["image_id"], "caption": r["caption"]} for r in rows], truth)
+        if not args.ground_truth and not args.annotations:
+            raise ValueError("chair needs --annotations DIR (COCO 2014 instances_/captions_*.json) or --ground-truth "
+                             "FILE (JSON image id -> object names)")
+        captions = _captions(args.captions)
+        truth = (ground_truth_from_json(args.ground_truth) if args.ground_truth
+                 else ground_truth_from_coco(args.annotations))
+        truth = {str(k): v for k, v in truth.items()}  # 1 and "1" are the same image
+        missing = [c["image_id"] for c in captions if str(c["image_id"]) not in truth]
+        if missing:
+            raise ValueError(f"{args.captions}: {len(missing)} image ids have no ground truth in "
+                             f"{args.ground_truth or args.annotations} (e.g. {missing[:3]})")
+        metrics = score_captions(captions, truth)
         per_item = metrics.pop("per_caption")
-        print(f"CHAIR_s {metrics['chair_s']:.2f}  CHAIR_i {metrics['chair_i']:.2f}  recall {metrics['recall']:.2f}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "per_item.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per_item))
+        print(f"CHAIR_s {metrics['chair_s']:.2f}  CHAIR_i {metrics['chair_i']:.2f}  recall {metrics['recall']:.2f}  "
+              f"({metrics['captions']} captions)")
     task = "question" if args.kind == "pope" else "caption"
     write_json(out / "metrics.json", {"task": task, "results": {"scored": metrics}, **run_metadata(vars(args))})
+    write_jsonl(out / "per_item.jsonl", per_item)
     return 0
 
 
@@ -150,10 +295,23 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_lmms_task(args) -> int:
+    from .lmms_pope import LMMS_POST_PROMPT, write_pope_task
+
+    path = write_pope_task(args.questions, args.images, args.out, name=args.name,
+                           post_prompt=LMMS_POST_PROMPT if args.lmms_prompt else "",
+                           max_image_side=args.max_image_side, max_new_tokens=args.max_new_tokens, limit=args.limit)
+    print(f"lmms-eval task {args.name} -> {path}\n  lmms-eval --model grounded_vlm --model_args pretrained=MODEL,"
+          f"method=highlight --tasks {args.name} --include_path {path.parent} --output_path OUT --log_samples")
+    return 0
+
+
 def _cmd_build_pope(args) -> int:
     from .pope import build_pope
 
-    instances = json.loads(Path(args.instances).read_text())
+    from .records import read_json
+
+    instances = read_json(args.instances, "COCO instances file (--instances)", ("images", "annotations", "categories"))
     questions = build_pope(instances, args.split, args.num_images, args.seed)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("".join(json.dumps(q) + "\n" for q in questions))
@@ -162,19 +320,19 @@ def _cmd_build_pope(args) -> int:
 
 
 def add_commands(evaluation) -> None:
-    p = evaluation.add_parser("pope", help="POPE: yes/no object questions")
+    p = evaluation.add_parser("pope", help="POPE: yes/no object questions", allow_abbrev=False)
     _run_args(p)
     p.add_argument("--split", default="adversarial", help="random|popular|adversarial or coco_/aokvqa_/gqa_<split>")
     p.add_argument("--questions", default=None, help="a question file instead of a shipped split")
     p.add_argument("--parser", default="official", choices=["official", "strict", "substring"])
-    p.add_argument("--limit", type=int, default=None, help="first N questions only")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N questions only")
     p.set_defaults(func=_cmd_pope, parser_obj=p)
 
-    p = evaluation.add_parser("chair", help="CHAIR: object hallucination in captions")
+    p = evaluation.add_parser("chair", help="CHAIR: object hallucination in captions", allow_abbrev=False)
     _run_args(p)
     p.add_argument("--annotations", default=None, help="COCO 2014 annotation folder")
     p.add_argument("--ground-truth", default=None, help="JSON image id -> object names (instead of captions)")
-    p.add_argument("--num-images", type=int, default=500)
+    p.add_argument("--num-images", type=positive_int, default=500)
     p.set_defaults(func=_cmd_chair, parser_obj=p)
 
     p = evaluation.add_parser("score", help="score answers / captions produced elsewhere")
@@ -186,6 +344,8 @@ def add_commands(evaluation) -> None:
     p.add_argument("--ground-truth", default=None)
     p.add_argument("--annotations", default=None)
     p.add_argument("--out", required=True)
+    p.add_argument("--lmms-eval", action="store_true",
+                   help="pope: also lmms-eval's POPE scoring of the same answers (needs lmms-eval installed)")
     p.set_defaults(func=_cmd_score)
 
     p = evaluation.add_parser("report", help="markdown table + plots over run folders")
@@ -196,7 +356,19 @@ def add_commands(evaluation) -> None:
     p = evaluation.add_parser("build-pope", help="make POPE questions from a COCO-format instance file")
     p.add_argument("--instances", required=True)
     p.add_argument("--split", default="adversarial", choices=["random", "popular", "adversarial"])
-    p.add_argument("--num-images", type=int, default=500)
+    p.add_argument("--num-images", type=positive_int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_build_pope)
+
+    p = evaluation.add_parser("lmms-task", help="an lmms-eval task folder for a POPE question file (offline)")
+    p.add_argument("--questions", required=True, help="POPE question file or shipped split")
+    p.add_argument("--images", required=True, help="folder of the images the questions name")
+    p.add_argument("--out", required=True, help="task folder (pass it to lmms-eval --include_path)")
+    p.add_argument("--name", default="pope_local", help="task name for lmms-eval --tasks")
+    p.add_argument("--lmms-prompt", action="store_true",
+                   help="append lmms-eval's POPE post-prompt (default: the question alone, as `eval pope`)")
+    p.add_argument("--max-image-side", type=int, default=2048)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--limit", type=int, default=None, help="first N questions only")
+    p.set_defaults(func=_cmd_lmms_task)

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["PARSERS", "parse_answer", "pope_metrics", "load_questions", "SHIPPED_SPLITS", "build_pope",
-           "objects_per_image"]
+__all__ = ["PARSERS", "parse_answer", "pope_metrics", "load_questions", "check_questions", "question_id",
+           "SHIPPED_SPLITS", "build_pope", "objects_per_image"]
 
 SHIPPED_SPLITS = [f"{source}_{split}" for source in ("coco", "aokvqa", "gqa")
                   for split in ("random", "popular", "adversarial")]
@@ -87,13 +87,54 @@ def load_questions(split_or_path: str | Path) -> list[dict]:
         path = Path(name)
         if not path.is_file():
             raise FileNotFoundError(f"POPE questions {name!r}: not a file and not one of {SHIPPED_SPLITS}")
-    text = path.read_text().strip()
-    rows = json.loads(text) if text.startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
-    for row in rows:
-        missing = {"question_id", "image", "text"} - set(row)
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        try:
+            rows = list(enumerate(json.loads(text), start=1))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} line {error.lineno}: not valid JSON ({error.msg})") from None
+        where = "entry"
+    else:
+        from .records import read_jsonl
+
+        rows, where = list(read_jsonl(path, "POPE question file")), "line"
+    return check_questions(rows, path, where)
+
+
+def question_id(value, where: str):
+    """A question or image id as given (integer or string); anything else is an error naming `where`."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{where}: the id must be an integer or a string, got {value!r}")
+    return value
+
+
+def check_questions(rows: list[tuple[int, dict]], path: Path, where: str = "line") -> list[dict]:
+    """Each (line number, row): an object with question_id, image and text (strings), a unique id (1 and "1"
+    count as the same id), and a label, when present, of "yes" or "no"."""
+    seen: dict[str, int] = {}
+    questions = []
+    for number, row in rows:
+        here = f"{path} {where} {number}"
+        if not isinstance(row, dict):
+            raise ValueError(f"{here}: expected a JSON object, got {type(row).__name__}")
+        missing = [f for f in ("question_id", "image", "text") if f not in row]
         if missing:
-            raise ValueError(f"{path}: question lacks {sorted(missing)}: {row}")
-    return rows
+            raise ValueError(f"{here}: question lacks {missing} (each needs question_id, image, text and a yes/no "
+                             "label)")
+        key = str(question_id(row["question_id"], here))
+        if key in seen:
+            raise ValueError(f"{here}: question_id {row['question_id']!r} again ({where} {seen[key]} has it); ids must "
+                             "be unique")
+        seen[key] = number
+        for name in ("image", "text"):
+            if not isinstance(row[name], str) or not row[name]:
+                raise ValueError(f"{here}: {name} must be a non-empty string, got {row[name]!r}")
+        if "label" in row and row["label"] not in ("yes", "no"):
+            raise ValueError(f"{here}: label must be \"yes\" or \"no\", got {row['label']!r}")
+        questions.append(row)
+    if not questions:
+        raise ValueError(f"{path}: no questions")
+    return questions
 
 
 def objects_per_image(instances: dict) -> dict[int, list[str]]:

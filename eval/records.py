@@ -1,61 +1,127 @@
 """Run folders: append-only JSONL predictions that survive a kill, and the metadata every run records.
 
-`JsonlLog` appends one flushed, fsynced line per record. On open it reads what is there, drops a torn last
-line (a kill mid-write) and reports the keys already done, so a restarted run skips them: no question is
-repeated or lost.
+`JsonlLog` appends one flushed, fsynced line per record and never rewrites its file. On open it reads what is
+there; a torn last line (a kill mid-write: the bytes after the last newline) is cut off with `os.truncate`, so
+that item is redone. A record with a `skipped` field (the reason) is a skip: it stays in the log as a record of
+what happened, but its key is not done, so a restarted run tries it again; the newest record of a key wins.
+
+`read_jsonl` reads a user's JSON-lines file and names the file and line of anything that is not a JSON object;
+`write_json` writes strict JSON (no NaN or Infinity: it names the field instead) atomically.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JsonlLog", "package_versions", "write_json", "run_metadata"]
+__all__ = ["JsonlLog", "SKIPPED", "is_skip", "read_jsonl", "read_json", "package_versions", "write_json", "write_jsonl",
+           "run_metadata", "check_finite"]
 
 _PACKAGES = ("vlm-grounding", "torch", "transformers", "timm", "accelerate", "peft", "lightning", "datasets")
+SKIPPED = "skipped"  # record field holding why an item was skipped (missing or unreadable image, ...)
+
+
+def is_skip(record: dict) -> bool:
+    return SKIPPED in record
 
 
 class JsonlLog:
     def __init__(self, path: str | Path, key: str):
         self.path = Path(path)
         self.key = key
-        self.records: list[dict] = []
+        self.records: list[dict] = []  # every record in file order (skips included)
+        self.latest: dict[Any, dict] = {}  # key -> its newest record
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            good_lines = []
-            for line in self.path.read_text().splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # torn write from a killed run: that item will be redone
-                self.records.append(record)
-                good_lines.append(line)
-            self.path.write_text("".join(line + "\n" for line in good_lines))
-        self.done = {self._key(r) for r in self.records}
+            self._read()
+        self.done = {k for k, r in self.latest.items() if not is_skip(r)}
+
+    def _read(self) -> None:
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1  # a record is complete only with its newline
+        if end < len(data):
+            os.truncate(self.path, end)  # cut the torn tail in place: the good lines are never rewritten
+        for number, line in enumerate(data[:end].decode("utf-8", errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{self.path} line {number}: not valid JSON ({error.msg}); the run folder is "
+                                 "damaged: delete that line (its item is then redone) or start afresh with "
+                                 "--overwrite") from None
+            if not isinstance(record, dict) or self.key not in record:
+                raise ValueError(f"{self.path} line {number}: not a record with {self.key!r}; delete that line or "
+                                 "start afresh with --overwrite")
+            self.records.append(record)
+            self.latest[self._key(record)] = record
 
     def _key(self, record: dict) -> Any:
         value = record[self.key]
         return tuple(value) if isinstance(value, list) else value
+
+    @property
+    def current(self) -> list[dict]:
+        """The newest record of every key, in the order the keys first appeared."""
+        return list(self.latest.values())
 
     def append(self, record: dict) -> None:
         key = self._key(record)
         if key in self.done:
             raise ValueError(f"{self.key}={key!r} is already in {self.path}")
         with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json.dumps(record, allow_nan=False) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         self.records.append(record)
-        self.done.add(key)
+        self.latest[key] = record
+        if not is_skip(record):
+            self.done.add(key)
+
+
+def read_jsonl(path: str | Path, what: str = "file") -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-empty line of a user's JSON-lines file; anything else is an error
+    that names the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} line {number}: not valid JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+        yield number, row
+
+
+def read_json(path: str | Path, what: str = "file", keys: tuple[str, ...] = ()) -> Any:
+    """A user's JSON file; a missing file, invalid JSON, or (with `keys`) an object without those keys is an
+    error naming the file (and line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} line {error.lineno}: not valid JSON ({error.msg})") from None
+    if keys:
+        missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise ValueError(f"{path}: not a {what}: no {', '.join(map(repr, missing))} "
+                             f"(it needs {', '.join(map(repr, keys))})")
+    return data
 
 
 def package_versions() -> dict[str, str]:
@@ -84,10 +150,37 @@ def run_metadata(config: dict) -> dict:
             "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def write_json(path: str | Path, payload: dict) -> None:
-    """Write atomically (temp file + rename) so a kill never leaves half a metrics file."""
-    path = Path(path)
+def check_finite(value: Any, where: str, path: str = "") -> None:
+    """Raise ValueError naming the first NaN or infinite number in a JSON-ready value (`where`: what it is)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_finite(item, where, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_finite(item, where, f"{path}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: {path.lstrip('.') or 'the value'} is {value}; a figure that cannot be computed "
+                         "is an error, not a result")
+
+
+def _replace(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2, default=_plain) + "\n")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     temporary.replace(path)
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    """Write strict JSON atomically (temp file + rename), so a kill never leaves half a file; NaN or infinite
+    numbers are refused with the field named."""
+    path = Path(path)
+    check_finite(json.loads(json.dumps(payload, default=_plain)), str(path))
+    _replace(path, json.dumps(payload, indent=2, default=_plain, allow_nan=False) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """A derived JSON-lines file (predictions.jsonl, per_item.jsonl), written new and renamed into place."""
+    _replace(Path(path), "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows))

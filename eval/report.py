@@ -4,15 +4,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from grounding.viz import new_figure
 
+from .records import read_json
+
 __all__ = ["write_report", "load_runs"]
 
-POPE_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio", "unknown", "questions")
-CHAIR_KEYS = ("chair_s", "chair_i", "recall", "mean_length", "captions")
+POPE_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio", "unknown", "questions", "scored", "skipped")
+CHAIR_KEYS = ("chair_s", "chair_i", "recall", "mean_length", "captions", "scored", "skipped")
 
 
 def load_runs(folders: list[str | Path]) -> list[dict]:
@@ -21,7 +22,7 @@ def load_runs(folders: list[str | Path]) -> list[dict]:
         path = Path(folder) / "metrics.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: is {folder} a finished run folder?")
-        data = json.loads(path.read_text())
+        data = read_json(path, "run metrics file")
         if "task" not in data or "results" not in data:
             raise ValueError(f"{path} is not a POPE/CHAIR run (no task/results)")
         runs.append({"name": Path(folder).name, **data})

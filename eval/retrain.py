@@ -23,6 +23,7 @@ __all__ = ["retrain", "TRAIN_WORLD", "package_adapter"]
 
 TRAIN_WORLD = {"seed": 0, "images": 1200, "split": "train"}  # 2 CPU cores: configs/train/world_llava.yaml
 TRAIN_WORLD_GPU = {"seed": 0, "images": 4000, "split": "train"}  # one GPU: configs/train/world_llava_gpu.yaml
+SHIPPED_TOWER = "~/.cache/vlm-grounding/dinov2-s14-imgfocus"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
 
 
@@ -100,8 +101,10 @@ def retrain(work: str | Path, only: str | None = None, train_images: int | None 
         shutil.rmtree(target, ignore_errors=True)
         exported = work / "world_regions" / "adapter"
         package_adapter(exported / "lora", target / "lora")
-        for name in ("region_projector.safetensors", "region_grounding.json"):
-            shutil.copy(exported / name, target / name)
+        shutil.copy(exported / "region_projector.safetensors", target / "region_projector.safetensors")
+        config = json.loads((exported / "region_grounding.json").read_text())
+        config["tower"] = SHIPPED_TOWER  # not this machine's path: `grounding assets build` points it at the local cache
+        (target / "region_grounding.json").write_text(json.dumps(config, indent=2) + "\n")
         records["world-llava-regions"] = _recipe(target, work / "world_regions", seconds, train_world)
         assets.build(assets.WORLD_REGIONS, force=True)
     return records

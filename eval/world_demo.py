@@ -350,7 +350,7 @@ def _answers(folder: Path) -> dict[str, str]:
     for line in (folder / "predictions.jsonl").read_text().splitlines():
         record = json.loads(line)
         if "answer" not in record:
-            raise ValueError(f"{folder}: item {record['key']!r} was skipped ({record.get('error')}): cannot score POPE")
+            raise ValueError(f"{folder}: item {record['key']!r} was skipped ({record.get('skipped')}): cannot score POPE")
         answers[record["key"]] = record["answer"]
     return answers
 

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve through __getattr__
     from .backbone import PreprocessConfig, RegisterViT, TowerConfig, TowerOutput, WeightsNotFoundError
+    from .descriptors import DenseExtractor
     from .guidance import GuidanceConfig, ObjectGuidance
     from .images import ImageError, load_image
     from .object_dino import ObjectDINO, ObjectDINOConfig, ObjectDINOOutput
+    from .pipeline import grounded_pipeline
     from .region_tokens import RegionConfig, RegionGrounding
 
 _EXPORTS = {
@@ -22,11 +24,13 @@ _EXPORTS = {
     "PreprocessConfig": "backbone",
     "TowerOutput": "backbone",
     "WeightsNotFoundError": "backbone",
+    "DenseExtractor": "descriptors",
     "ObjectDINO": "object_dino",
     "ObjectDINOConfig": "object_dino",
     "ObjectDINOOutput": "object_dino",
     "ObjectGuidance": "guidance",
     "GuidanceConfig": "guidance",
+    "grounded_pipeline": "pipeline",
     "RegionGrounding": "region_tokens",
     "RegionConfig": "region_tokens",
     "ImageError": "images",

@@ -76,8 +76,10 @@ class TowerOutput:
     q, k, v: (L, B, H, T, d) with T = num_prefix_tokens + h * w.
     last_hidden_state: (B, T, C) after the final norm.
     hidden_states: L + 1 tensors (B, T, C) (embeddings, then each layer) when requested, else None.
-    patch_scale: (B, 2) original-image pixels per patch along (x, y): boxes in patch units times this give
+    patch_scale: (B, 2) original-image pixels per grid cell along (x, y): boxes in patch units times this give
     original-image pixels. image_sizes: original (H, W) per image.
+    stride: the patch embedding's stride; the patch size, or smaller on a `DenseExtractor` (overlapping patches,
+    grid 1 + (H - p) // stride per side; patch_scale then spreads the grid over the input: input side / grid).
     """
 
     q: torch.Tensor
@@ -91,6 +93,12 @@ class TowerOutput:
     patch_size: int
     image_sizes: list[tuple[int, int]]
     patch_scale: torch.Tensor
+    stride: int | None = None  # None: the patch size
+
+    @property
+    def step(self) -> int:
+        """Input pixels between neighbouring grid cells (the stride)."""
+        return self.patch_size if self.stride is None else self.stride
 
     @property
     def num_layers(self) -> int:
@@ -271,6 +279,20 @@ class RegisterViT(nn.Module):
         return batch, sizes, scales
 
     # ------------------------------------------------------------------ forward
+    def patch_conv(self) -> nn.Conv2d:
+        """The patch embedding's convolution (its stride sets the grid; `DenseExtractor` lowers it for a while)."""
+        if self.backend == "timm":
+            return self.model.patch_embed.proj
+        embedding = self.model.embeddings.patch_embeddings
+        return embedding if isinstance(embedding, nn.Conv2d) else embedding.projection
+
+    @property
+    def patch_stride(self) -> int:
+        stride = self.patch_conv().stride
+        if stride[0] != stride[1]:
+            raise ValueError(f"the patch embedding has a non-square stride {stride}")
+        return int(stride[0])
+
     def _capture_mode(self) -> Literal["attention", "projection"]:
         if self.config.capture != "auto":
             return self.config.capture
@@ -292,7 +314,10 @@ class RegisterViT(nn.Module):
         if pixels.shape[-1] % self.patch_size or pixels.shape[-2] % self.patch_size:
             raise ValueError(f"input {tuple(pixels.shape[-2:])} is not a multiple of the patch size {self.patch_size}")
         pixels = pixels.to(device=self.mean.device, dtype=next(self.model.parameters()).dtype)
-        grid = (pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size)
+        stride = self.patch_stride
+        grid = (1 + (pixels.shape[-2] - self.patch_size) // stride, 1 + (pixels.shape[-1] - self.patch_size) // stride)
+        if stride != self.patch_size:  # overlapping patches: spread the grid over the input
+            scales = scales * torch.tensor([pixels.shape[-1] / grid[1], pixels.shape[-2] / grid[0]]) / self.patch_size
         mode = self._capture_mode()
         if mode == "attention" and self.backend == "timm":
             raise ValueError("timm towers support only capture='projection' (hooks on the fused qkv Linear)")
@@ -307,7 +332,8 @@ class RegisterViT(nn.Module):
                                f"{grid[0]}x{grid[1]} patches = {expected}")
         return TowerOutput(q=q, k=k, v=v, last_hidden_state=last, hidden_states=hidden,
                            num_prefix_tokens=self.num_prefix_tokens, num_register_tokens=self.num_register_tokens,
-                           grid=grid, patch_size=self.patch_size, image_sizes=list(sizes), patch_scale=scales)
+                           grid=grid, patch_size=self.patch_size, image_sizes=list(sizes), patch_scale=scales,
+                           stride=stride)
 
     def _run(self, pixels: torch.Tensor, output_hidden_states: bool):
         if self.backend == "hf":

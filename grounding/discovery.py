@@ -279,8 +279,14 @@ def attention_qk(out: TowerOutput, tower=None, layer: int = -1) -> tuple[torch.T
     from transformers.models.dinov3_vit.modeling_dinov3_vit import apply_rotary_pos_emb
 
     h, w = out.grid
-    shape_only = torch.empty(1, 1, h * out.patch_size, w * out.patch_size, device=q.device)  # RoPE reads the shape
-    cos, sin = tower.model.rope_embeddings(shape_only)  # (N, d) each
+    if out.step != out.patch_size:  # overlapping patches (a DenseExtractor): rotary tables at the strided centres
+        from .descriptors import strided_rope
+
+        size = ((h - 1) * out.step + out.patch_size, (w - 1) * out.step + out.patch_size)
+        cos, sin = strided_rope(tower.model.rope_embeddings.inv_freq, size, out.patch_size, out.step)
+    else:
+        shape_only = torch.empty(1, 1, h * out.patch_size, w * out.patch_size, device=q.device)  # RoPE reads the shape
+        cos, sin = tower.model.rope_embeddings(shape_only)  # (N, d) each
     return apply_rotary_pos_emb(q, k, cos.to(q), sin.to(q))
 
 

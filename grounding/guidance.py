@@ -57,6 +57,7 @@ from .compat import merged_generation_config, multimodal_position_ids, rope_inde
 from .highlight import diffusion_noise, jet_overlay, red_tint, remove_objects
 from .images import as_pil
 from .object_dino import ObjectDINO, ObjectDINOConfig
+from .rows import stack_rows
 from .prefix_cache import PrefixCache, generate_new_tokens
 from .sampling import sampling_settings, with_reference_sampling
 
@@ -251,13 +252,18 @@ class ObjectGuidance:
             self._maps.popitem(last=False)
         return found
 
-    def _texts(self, prompts: Sequence[str]) -> tuple[list[str], list[str]]:
+    def prompt_texts(self, prompts: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(original-branch texts, branch texts) for user prompts: highlight wraps them in its two templates
+        (questions) or replaces them (captions); the contrast modes use the prompts as they are."""
         if self.config.mode != "highlight":
             return list(prompts), list(prompts)
         original, guided = CAPTION_TEMPLATES if self.config.task == "caption" else QUESTION_TEMPLATES
         return [original.format(prompt=p) for p in prompts], [guided.format(prompt=p) for p in prompts]
 
-    def _branch_image(self, image: Image.Image, object_map: torch.Tensor | None = None) -> Image.Image:
+    def branch_image(self, image: Image.Image, object_map: torch.Tensor | None = None) -> Image.Image:
+        """The second branch's image: highlighted (highlight), objects removed (masked-contrast), or the image
+        itself (vcd: its pixels are noised after encoding, `noise_branch`). `object_map`: the image's map when the
+        caller has it already (one tower call for a batch, `object_maps`)."""
         cfg = self.config
         if cfg.mode == "vcd":
             return image
@@ -272,19 +278,20 @@ class ObjectGuidance:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images vs {len(prompts)} prompts")
         pils = [as_pil(image) for image in images]
-        original_texts, branch_texts = self._texts(prompts)
+        original_texts, branch_texts = self.prompt_texts(prompts)
         maps = self.object_maps(pils) if self.config.mode != "vcd" else [None] * len(pils)
         drawn: dict[str, Image.Image] = {}
         branches = []
         for image, object_map in zip(pils, maps):
             key = _image_key(image)
             if key not in drawn:
-                drawn[key] = self._branch_image(image, object_map)
+                drawn[key] = self.branch_image(image, object_map)
             branches.append(drawn[key])
         return pils, original_texts, branches, branch_texts
 
-    def _noise(self, encoded: dict, images: Sequence[Image.Image], first: int = 0) -> None:
-        """VCD: noise the pixels of images first, first + 1, ... of `encoded` in place, each from its own seed."""
+    def noise_branch(self, encoded: dict, images: Sequence[Image.Image], first: int = 0) -> None:
+        """VCD: noise the pixels of images first, first + 1, ... of `encoded` in place, each from its own seed
+        (other modes: nothing). `images` are the branch images, in the order their pixels lie in `encoded`."""
         if self.config.mode != "vcd":
             return
         for offset, image in enumerate(images):
@@ -296,7 +303,7 @@ class ObjectGuidance:
         pils, original_texts, branch_images, branch_texts = self._both(images, prompts)
         inputs = encode_chat(self.processor, pils, original_texts, model.device, model.dtype)
         branch = encode_chat(self.processor, branch_images, branch_texts, model.device, model.dtype)
-        self._noise(branch, branch_images)
+        self.noise_branch(branch, branch_images)
         return inputs, branch
 
     def prepare(self, model, images: Sequence, prompts: Sequence[str]) -> dict:
@@ -319,10 +326,9 @@ class ObjectGuidance:
         return LogitsProcessorList([BranchLogitsProcessor(model_ref(), branch, self.mix())])
 
     # ------------------------------------------------------------------ one call
-    @torch.no_grad()
-    def generate(self, model, images: Sequence, prompts: Sequence[str], **generate_kwargs) -> list[str]:
-        """Guided answers, batched (left padding); extra kwargs go to `model.generate` (a `logits_processor` list
-        runs after the guidance mix). Sampling uses the full softmax unless top_k / top_p are given."""
+    def _decoding(self, model, generate_kwargs: dict) -> tuple[list, dict, bool]:
+        """(user logits processors, generate kwargs with the reference sampling defaults, joint?) for one call."""
+        generate_kwargs = dict(generate_kwargs)
         user_processors = list(generate_kwargs.pop("logits_processor", None) or [])
         generate_kwargs = with_reference_sampling(model, generate_kwargs)
         config = merged_generation_config(model, generate_kwargs)
@@ -337,6 +343,13 @@ class ObjectGuidance:
         joint = self.config.branches == "joint" or (self.config.branches == "auto" and not sampling)
         self.generation_settings = {**sampling_settings(generate_kwargs, model),
                                     "branches": "joint" if joint else "separate"}
+        return user_processors, generate_kwargs, joint
+
+    @torch.no_grad()
+    def generate(self, model, images: Sequence, prompts: Sequence[str], **generate_kwargs) -> list[str]:
+        """Guided answers, batched (left padding); extra kwargs go to `model.generate` (a `logits_processor` list
+        runs after the guidance mix). Sampling uses the full softmax unless top_k / top_p are given."""
+        user_processors, generate_kwargs, joint = self._decoding(model, generate_kwargs)
         if joint:
             return self._generate_joint(model, images, prompts, user_processors, **generate_kwargs)
         inputs, branch = self._encode_pair(model, images, prompts)
@@ -352,11 +365,48 @@ class ObjectGuidance:
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
 
+    @torch.no_grad()
+    def generate_encoded(self, model, inputs: dict, branch: dict, **generate_kwargs) -> torch.Tensor:
+        """Guided decoding of rows encoded elsewhere (a transformers pipeline's preprocess): `inputs` are the
+        original rows (B, T) with their image inputs, `branch` the branch rows built from `branch_image` /
+        `prompt_texts` (pixels already noised by `noise_branch` for vcd), both left-padded. Returns what
+        `model.generate(**inputs)` returns, (B, T + S): the prompt rows as given, then the guided tokens.
+        Branches joint or separate as in `generate`."""
+        user_processors, generate_kwargs, joint = self._decoding(model, generate_kwargs)
+        batch = inputs["input_ids"].shape[0]
+        if branch["input_ids"].shape[0] != batch:
+            raise ValueError(f"{batch} original rows but {branch['input_ids'].shape[0]} branch rows")
+        if not joint:
+            processors = LogitsProcessorList([BranchLogitsProcessor(model, branch, self.mix())])
+            try:
+                return model.generate(**inputs, logits_processor=LogitsProcessorList([*processors, *user_processors]),
+                                      **generate_kwargs)
+            finally:
+                for processor in processors:
+                    processor.release()
+        pair = stack_rows([inputs, branch], self.pad_token_id(model))  # (2B, T'), original rows first
+        output = model.generate(**pair, logits_processor=LogitsProcessorList([PairedMixLogitsProcessor(self.mix()),
+                                                                              *user_processors]), **generate_kwargs)
+        new_tokens = output[:, pair["input_ids"].shape[1]:]  # (2B, S)
+        check_paired_rows(new_tokens, batch)
+        return torch.cat([inputs["input_ids"], new_tokens[:batch]], dim=1)  # (B, T + S)
+
+    def pad_token_id(self, model) -> int:
+        """The id rows are padded with: the processor's tokenizer's, else the model's generation_config's."""
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        if pad is None:
+            pad = model.generation_config.pad_token_id
+        if pad is None:
+            raise ValueError("joint branches pad rows, but neither the processor's tokenizer nor the model's "
+                             "generation_config has a pad_token_id; set one, or use branches='separate'")
+        return int(pad)
+
     def joint_inputs(self, model, images: Sequence, prompts: Sequence[str]) -> dict:
         """One 2B batch: rows 0..B-1 the original inputs, rows B..2B-1 their branches."""
         pils, original_texts, branch_images, branch_texts = self._both(images, prompts)
         inputs = encode_chat(self.processor, pils + branch_images, original_texts + branch_texts, model.device, model.dtype)
-        self._noise(inputs, branch_images, first=len(pils))
+        self.noise_branch(inputs, branch_images, first=len(pils))
         return inputs
 
     def _generate_joint(self, model, images: Sequence, prompts: Sequence[str], user_processors: Sequence = (),

@@ -20,14 +20,26 @@ from .region_tokens import RegionGrounding
 __all__ = ["RegionTokens"]
 
 
-@register_method("region-tokens")
+def _check_options(adapter: str | None = None, task: str | None = None, **unknown) -> None:
+    if unknown:
+        raise ValueError(f"region-tokens: unknown option(s) {', '.join(map(repr, sorted(unknown)))}; it takes adapter")
+    if adapter is None:
+        raise ValueError(_NEEDS_ADAPTER)
+    if not isinstance(adapter, str) or not Path(adapter).expanduser().is_dir():
+        raise ValueError(f"region-tokens: adapter folder {adapter!r} does not exist (a `grounding fit` export)")
+
+
+_NEEDS_ADAPTER = ("region-tokens needs the adapter folder: --method-options "
+                  "'{\"region-tokens\": {\"adapter\": \"DIR\"}}' (a `grounding fit` export)")
+
+
+@register_method("region-tokens", options=_check_options)
 class RegionTokens:
     """Plain decoding with K grounded region tokens after the image tokens (and the adapter's LoRA)."""
 
     def __init__(self, tower=None, processor=None, adapter: str | None = None, **_):
         if adapter is None:
-            raise ValueError("region-tokens needs the adapter folder: --method-options "
-                             "'{\"region-tokens\": {\"adapter\": \"DIR\"}}' (a `grounding fit` export)")
+            raise ValueError(_NEEDS_ADAPTER)
         self.adapter = Path(adapter).expanduser()
         if not self.adapter.is_dir():
             raise FileNotFoundError(f"region-token adapter folder {self.adapter} does not exist")

@@ -12,6 +12,7 @@ loads as safetensors + JSON (`save_pretrained` / `from_pretrained`).
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -128,6 +129,7 @@ class RegionGrounding(nn.Module):
         self.tower = tower
         self.object_dino = ObjectDINO(config.object_dino)
         self.projector = RegionProjector(feature_dim, output_dim, config.projector_hidden) if feature_dim else None
+        self._attached_to = None  # weakref to the model of the last attach(): its projector is the one trained
 
     def load_tower(self, device: torch.device | str = "cpu"):
         if self.tower is None:
@@ -156,12 +158,32 @@ class RegionGrounding(nn.Module):
     def attach(self, model, processor):
         from .injection import attach
 
-        return attach(self, model, processor)
+        handle = attach(self, model, processor)
+        self._attached_to = weakref.ref(model)
+        return handle
+
+    def active_projector(self) -> RegionProjector | None:
+        """The projector the attached model runs: after peft wrapped it (`modules_to_save`), the trained copy of the
+        active adapter, not the original module that `self.projector` still points to."""
+        model = self._attached_to() if self._attached_to is not None else None
+        module = getattr(model, "region_projector", None) if model is not None else None
+        if module is None:
+            return self.projector
+        copies = getattr(module, "modules_to_save", None)  # peft's ModulesToSaveWrapper
+        if copies is None:
+            return module
+        active = module.active_adapter
+        active = active[0] if isinstance(active, (list, tuple)) else active
+        if active in copies and not getattr(module, "disable_adapters", False):
+            return copies[active]
+        return module.original_module
 
     def save_pretrained(self, directory: str | Path, projector: nn.Module | None = None) -> None:
+        """Config + projector weights (safetensors). The projector saved is `projector` if given, else the one the
+        attached model runs (the trained one after fine-tuning, see `active_projector`)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        projector = projector or self.projector
+        projector = projector or self.active_projector()
         state = {k: v.detach().cpu().contiguous() for k, v in projector.state_dict().items()}
         save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
         dims = {"feature_dim": projector.norm.normalized_shape[0], "output_dim": projector.null.shape[0]}

@@ -1,29 +1,57 @@
 """`grounding fit ...`: LightningCLI over `RegionTokensModule` and `InstructionDataModule`.
 
     grounding fit --config configs/train/region_tokens_tiny.yaml
-    grounding fit --config configs/train/region_tokens_llava15.yaml --trainer.strategy=fsdp
+    grounding fit --config configs/train/region_tokens_llava15.yaml --trainer.devices=8 --trainer.strategy=ddp
+    grounding fit --config configs/train/region_tokens_llava15.yaml --trainer.devices=8 --trainer.strategy=fsdp
     grounding fit --print_config
+
+`--trainer.strategy=fsdp2` is FSDP2 (`fully_shard`; `lightning_modules.sharding.FSDP2Strategy`: data parallel only,
+one-file checkpoints); it runs on CPUs (gloo) as well as GPUs. `fsdp` is Lightning's FSDP1 strategy (GPUs).
+
+Defaults a researcher expects: a progress bar in optimizer steps (`StepProgressBar`) unless the config names a
+progress bar or turns it off, and Lightning's CSV logger under `default_root_dir` (train/loss, train/lr,
+train/tokens_per_s) unless the config chooses a logger (TensorBoard, W&B, ...: any `class_path`) or `false`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 
 from .data import InstructionDataModule
 from .module import RegionTokensModule
+from .progress import StepProgressBar
+from .sharding import FSDP2Strategy
 
-__all__ = ["main", "make_cli"]
+__all__ = ["main", "make_cli", "FitCLI"]
+
+
+class FitCLI(LightningCLI):
+    def instantiate_trainer(self, **kwargs):
+        config = self.config_init.get(str(self.subcommand), self.config_init).get("trainer", {})
+        callbacks = config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs.setdefault("callbacks", [*callbacks, StepProgressBar()])
+        if config.get("strategy") == "fsdp2":
+            kwargs.setdefault("strategy", FSDP2Strategy())
+        if config.get("logger") in (None, True):
+            root = config.get("default_root_dir") or os.getcwd()
+            kwargs.setdefault("logger", CSVLogger(save_dir=root, name="logs"))
+        return super().instantiate_trainer(**kwargs)
 
 
 def make_cli(argv: list[str], run: bool = True) -> LightningCLI:
     args = argv if not run else ["fit", *argv]
     # the console script passes its own argv explicitly; LightningCLI warns when sys.argv is also set
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    return LightningCLI(RegionTokensModule, InstructionDataModule, args=args, run=run,
-                        save_config_kwargs={"overwrite": True}, seed_everything_default=0)
+    return FitCLI(RegionTokensModule, InstructionDataModule, args=args, run=run,
+                  save_config_kwargs={"overwrite": True}, seed_everything_default=0)
 
 
 class _NoAdvertisingTips(logging.Filter):

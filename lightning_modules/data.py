@@ -1,160 +1,73 @@
-"""LightningDataModule for instruction tuning with region tokens, from local files through `datasets`.
+"""LightningDataModule for instruction tuning with region tokens: `datasets` tables, sharded and resumable loading.
 
-Sources (any mix):
-* `instructions`: LLaVA-style JSON, a list of {"image": file, "conversations": [{"from": "human", "value":
-  "<image>\\nQ"}, {"from": "gpt", "value": "A"}, ...]}.
+Sources (any mix), all read with `load_dataset("json", ...)`:
+* `instructions`: LLaVA-format JSON (LLaVA-Instruct-665k's layout, multi-turn): a list (or JSON lines) of
+  {"image": file, "conversations": [{"from": "human", "value": "<image>\\nQ"}, {"from": "gpt", "value": "A"}, ...]};
+  records without an image are left out.
 * `captions`: a COCO captions file -> "Please describe this image in detail." / the caption.
-* `instances`: a COCO instance file -> grounded yes/no questions, POPE-style (first `per_image` present
-  objects "yes", as many absent ones "no", negatives chosen at random with a seed). `group_questions=True`
-  puts one image's questions into one multi-turn conversation (LLaVA-Instruct's layout), in a seeded random
-  order: the image tokens are then paid once per image instead of once per question.
+* `instances`: a COCO instance file -> grounded yes/no questions, POPE-style (`lightning_modules.records`);
+  `group_questions=True` puts one image's questions into one multi-turn conversation, and
+  `one_record_per_image=True` one row per image: its questions, then its caption.
 
-Records whose image is missing or unreadable are skipped and counted in the log. Labels are -100 except on the
-answer tokens (and the end-of-turn token after them). The training sampler shuffles with (seed, epoch) and
-resumes mid-epoch from a checkpoint: the loader implements Lightning's `state_dict` / `load_state_dict`.
+Pipeline: records -> rows whose image file is missing or not an image are dropped (counted in `skipped`; only
+file headers are read) -> seeded shuffle -> validation split -> `.map` tokenisation with label spans (once per
+record, cached beside the `datasets` cache files, keyed by the tokenizer and chat template) -> a Dataset that
+decodes each image in the loader's workers -> `TrainerStatefulLoader` (torchdata's StatefulDataLoader) over a
+`DistributedSampler`: every rank reads a disjoint share, reshuffled per epoch with (seed, epoch), and a checkpoint
+taken mid-epoch resumes every rank at the batch after the last one trained. In one process the order is the same as
+before this module used `datasets` (seed * 100_003 + epoch), batch for batch.
+
+Where several processes share a machine, its local rank 0 builds the cache files first, the others then read them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
-import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from eval.pope import objects_per_image
-from grounding.images import ImageError, load_image
+from grounding.images import load_image
 
-__all__ = ["InstructionDataModule", "ResumableSampler", "ResumableLoader", "grounded_questions", "join_per_image"]
+from .conversation import ConversationCollator, tokenize_batch, tokenizer_fingerprint
+from .loader import TrainerStatefulLoader
+from .records import records_file
+
+__all__ = ["InstructionDataModule", "InstructionDataset", "SEED_STRIDE"]
 
 log = logging.getLogger(__name__)
-CAPTION_PROMPT = "Please describe this image in detail."
+SEED_STRIDE = 100_003  # the sampler's seed is seed * SEED_STRIDE (+ epoch, added by DistributedSampler)
+COLUMNS = ["image", "conversations"]
 
 
-def grounded_questions(instances: dict, per_image: int = 3, seed: int = 0, grouped: bool = False) -> list[dict]:
-    """Yes/no object questions per image (LLaVA-format records): one record per question, or per image if grouped."""
-    names = {c["id"]: c["name"] for c in instances["categories"]}
-    files = {im["id"]: im["file_name"] for im in instances["images"]}
-    present = objects_per_image(instances)
-    rng = random.Random(seed)
-    records = []
-    for image_id in sorted(present):
-        objs = present[image_id]
-        absent = [n for n in names.values() if n not in objs]
-        positives = objs[:per_image]
-        negatives = rng.sample(absent, min(len(positives), len(absent)))
-        pairs = [(o, "Yes") for o in positives] + [(o, "No") for o in negatives]
-        turns = [[{"from": "human", "value": f"Is there a {obj} in the image?"}, {"from": "gpt", "value": answer}]
-                 for obj, answer in pairs]
-        if grouped:
-            rng.shuffle(turns)
-            turns = [[turn for qa in turns for turn in qa]]
-        for conversation in turns:
-            conversation[0] = {**conversation[0], "value": "<image>\n" + conversation[0]["value"]}
-            records.append({"image": files[image_id], "conversations": conversation})
-    return records
-
-
-def join_per_image(records: list[dict]) -> list[dict]:
-    """One conversation per image: its records' turns in order (the image stays in the first user turn only).
-
-    The image tokens are the bulk of every row, so one row per image trains on the same answers at a fraction of
-    the compute of one row per question set and one per caption."""
-    joined: dict[str, list[dict]] = {}
-    for record in records:
-        turns = joined.setdefault(record["image"], [])
-        for turn in record["conversations"]:
-            value = turn["value"]
-            if turns and "<image>" in value:
-                value = value.replace("<image>", "").strip()
-            turns.append({**turn, "value": value})
-    return [{"image": image, "conversations": turns} for image, turns in joined.items()]
-
-
-def _from_captions(data: dict, per_image: int | None = None) -> list[dict]:
-    files = {im["id"]: im["file_name"] for im in data["images"]}
-    counts: dict[int, int] = {}
-    records = []
-    for a in data["annotations"]:
-        if a["image_id"] not in files or (per_image is not None and counts.get(a["image_id"], 0) >= per_image):
-            continue
-        counts[a["image_id"]] = counts.get(a["image_id"], 0) + 1
-        records.append({"image": files[a["image_id"]], "conversations": [
-            {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"}, {"from": "gpt", "value": a["caption"].strip()}]})
-    return records
-
-
-def _messages(conversation: list[dict]) -> list[dict]:
-    """LLaVA turns ({"from", "value"} with "<image>") -> chat messages with the image part in the first user turn."""
-    messages = []
-    for turn in conversation:
-        role = "user" if turn["from"] in ("human", "user") else "assistant"
-        text = turn["value"].replace("<image>", "").strip()
-        first_user = role == "user" and not messages
-        content = [{"type": "image"}, {"type": "text", "text": text}] if first_user else [{"type": "text", "text": text}]
-        messages.append({"role": role, "content": content})
-    return messages
+def _image_ok(path: Path) -> bool:
+    """The file exists and its header parses as an image (the pixels are decoded later, in the workers)."""
+    try:
+        with Image.open(path):
+            return True
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
 
 
 class InstructionDataset(Dataset):
-    def __init__(self, records: list[dict], image_root: Path):
-        self.records = records
+    """Tokenised rows of a `datasets.Dataset`; each item's image is decoded when the item is read."""
+
+    def __init__(self, table, image_root: Path):
+        self.table = table
         self.image_root = image_root
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.table)
 
     def __getitem__(self, index: int) -> dict:
-        record = self.records[index]
-        return {"image": load_image(self.image_root / record["image"]), "conversations": record["conversations"]}
-
-
-class ResumableSampler(Sampler[int]):
-    """Seeded per-epoch shuffle that can start part-way through an epoch."""
-
-    def __init__(self, size: int, shuffle: bool, seed: int):
-        self.size, self.shuffle, self.seed = size, shuffle, seed
-        self.epoch = 0
-        self.skip = 0  # samples to skip at the start of the current epoch (set on resume)
-
-    def order(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.size))
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.size, generator=generator).tolist()
-
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
-        self.epoch = epoch
-
-    def __iter__(self):
-        order = self.order()[self.skip :]
-        self.skip = 0
-        return iter(order)
-
-    def __len__(self) -> int:
-        return self.size
-
-
-class ResumableLoader(DataLoader):
-    """A DataLoader whose place in the epoch is saved in checkpoints (Lightning reads `state_dict`).
-
-    The place is the trainer's count of processed batches (not of fetched ones: Lightning prefetches)."""
-
-    def __init__(self, dataset, batch_size: int, sampler: ResumableSampler, collate_fn, num_workers: int, progress):
-        super().__init__(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, num_workers=num_workers)
-        self.resumable_sampler = sampler
-        self.progress = progress  # () -> (epoch, batches processed in this epoch)
-
-    def state_dict(self) -> dict:
-        epoch, batches = self.progress()
-        return {"epoch": epoch, "samples": batches * self.batch_size}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.resumable_sampler.epoch = state["epoch"]
-        self.resumable_sampler.skip = state["samples"]
+        row = self.table[index]
+        image = load_image(self.image_root / row["image"])  # decoded here: in the loader's worker
+        return {"input_ids": row["input_ids"], "labels": row["labels"], "image": image}
 
 
 class InstructionDataModule(L.LightningDataModule):
@@ -162,108 +75,132 @@ class InstructionDataModule(L.LightningDataModule):
                  instances: str | None = None, val_fraction: float = 0.0, batch_size: int = 4, num_workers: int = 0,
                  seed: int = 0, questions_per_image: int = 3, max_records: int | None = None,
                  group_questions: bool = False, captions_per_image: int | None = None,
-                 pad_to_multiple_of: int | None = None, one_record_per_image: bool = False):
+                 pad_to_multiple_of: int | None = None, one_record_per_image: bool = False,
+                 cache_dir: str | None = None, map_workers: int | None = None):
+        """cache_dir: where `datasets` keeps its cache files and the generated records (default: its own cache,
+        $HF_DATASETS_CACHE); map_workers: processes for the one-time tokenisation (`datasets.map(num_proc=...)`)."""
         super().__init__()
         self.save_hyperparameters()
+        self.table = None  # every usable record, in source order (datasets.Dataset)
+        self.order: list[int] = []  # the seeded shuffle of the table's rows: validation rows first
+        self.n_val = 0
+        self.skipped = 0
         self.train_set: InstructionDataset | None = None
         self.val_set: InstructionDataset | None = None
-        self.skipped = 0
-        self.sampler: ResumableSampler | None = None
+        self.sampler: DistributedSampler | None = None
 
     # ------------------------------------------------------------ records
-    def _records(self) -> list[dict]:
-        from datasets import load_dataset
+    def _cache_dir(self) -> Path:
+        if self.hparams.cache_dir:
+            return Path(self.hparams.cache_dir).expanduser()
+        import datasets
+
+        return Path(datasets.config.HF_DATASETS_CACHE)
+
+    def _records(self):
+        from datasets import concatenate_datasets, load_dataset
 
         hp = self.hparams
-        records: list[dict] = []
+        cache = str(self._cache_dir())
+        parts = []
         if hp.instructions:
-            table = load_dataset("json", data_files=hp.instructions, split="train")
-            records += [{"image": r["image"], "conversations": r["conversations"]} for r in table if r.get("image")]
-        captions = _from_captions(json.loads(Path(hp.captions).read_text()), hp.captions_per_image) if hp.captions else []
-        questions = grounded_questions(json.loads(Path(hp.instances).read_text()), hp.questions_per_image, hp.seed,
-                                       grouped=hp.group_questions) if hp.instances else []
-        records += (join_per_image(questions + captions) if hp.one_record_per_image else captions + questions)
-        if not records:
-            raise ValueError("no training data: give instructions, captions and/or instances")
-        return records[: hp.max_records] if hp.max_records else records
+            table = load_dataset("json", data_files=hp.instructions, split="train", cache_dir=cache)
+            if "image" not in table.column_names or "conversations" not in table.column_names:
+                raise ValueError(f"{hp.instructions}: LLaVA-format records need 'image' and 'conversations' fields, "
+                                 f"found {table.column_names}")
+            table = table.select_columns(COLUMNS).filter(bool, input_columns="image", desc="records with an image")
+            parts.append(table)
+        generated = records_file(Path(cache) / "vlm_grounding_records", hp.captions, hp.instances,
+                                 captions_per_image=hp.captions_per_image, questions_per_image=hp.questions_per_image,
+                                 seed=hp.seed, group_questions=hp.group_questions,
+                                 one_record_per_image=hp.one_record_per_image)
+        if generated is not None and generated.stat().st_size:
+            table = load_dataset("json", data_files=str(generated), split="train", cache_dir=cache)
+            parts.append(table.cast(parts[0].features) if parts else table)
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            raise ValueError("no training data: give instructions, captions and/or instances (with images)")
+        table = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+        return table.select(range(min(hp.max_records, len(table)))) if hp.max_records else table
 
-    def _check_images(self, records: list[dict]) -> list[dict]:
-        root, good, cache = Path(self.hparams.image_root), [], {}
-        for record in records:
-            name = record["image"]
-            if name not in cache:
-                try:
-                    load_image(root / name)
-                    cache[name] = True
-                except ImageError as error:
-                    log.warning("skipping records of %s: %s", name, error)
-                    cache[name] = False
-            if cache[name]:
-                good.append(record)
-        self.skipped = len(records) - len(good)
-        if self.skipped:
-            log.warning("skipped %d of %d records (missing or unreadable images)", self.skipped, len(records))
-        return good
+    def _usable(self, table):
+        """Drop the rows whose image is missing or not an image file (headers only; each file once)."""
+        root = Path(self.hparams.image_root)
+        names = table.unique("image")
+        with ThreadPoolExecutor(8) as pool:
+            bad = {name for name, ok in zip(names, pool.map(lambda n: _image_ok(root / n), names)) if not ok}
+        for name in sorted(bad)[:20]:
+            log.warning("skipping records of %s: missing or not an image", root / name)
+        if not bad:
+            self.skipped = 0
+            return table
+        kept = [i for i, name in enumerate(table["image"]) if name not in bad]
+        self.skipped = len(table) - len(kept)
+        log.warning("skipped %d of %d records (missing or unreadable images)", self.skipped, len(table))
+        return table.select(kept)
+
+    @contextmanager
+    def _local_zero_first(self):
+        """Local rank 0 runs the block first (it writes the cache files), then the other ranks (they read them)."""
+        trainer = self.trainer
+        strategy = trainer.strategy if trainer is not None else None
+        first = strategy is None or strategy.local_rank == 0
+        if strategy is not None and not first:
+            strategy.barrier("datasets cache")
+        try:
+            yield
+        finally:
+            if strategy is not None and first:
+                strategy.barrier("datasets cache")
 
     def setup(self, stage: str | None = None) -> None:
+        if self.table is not None:
+            return
+        with self._local_zero_first():
+            self.table = self._usable(self._records())
+        self.order = list(range(len(self.table)))
+        random.Random(self.hparams.seed).shuffle(self.order)
+        self.n_val = int(len(self.order) * self.hparams.val_fraction)
+        if len(self.order) - self.n_val < 1:
+            raise ValueError(f"no training records left after a val_fraction of {self.hparams.val_fraction}")
+
+    def _tokenised(self, processor) -> None:
+        """Tokenise every record once per tokenizer (cached), then split the shuffled rows into train and val."""
         if self.train_set is not None:
             return
-        records = self._check_images(self._records())
-        random.Random(self.hparams.seed).shuffle(records)
-        n_val = int(len(records) * self.hparams.val_fraction)
+        with self._local_zero_first():
+            fingerprint = f"{self.table._fingerprint}-{tokenizer_fingerprint(processor)}"
+            tokens = self.table.map(tokenize_batch, batched=True, batch_size=256, fn_kwargs={"processor": processor},
+                                    remove_columns=["conversations"], new_fingerprint=fingerprint[:64],
+                                    num_proc=self.hparams.map_workers, desc="tokenising conversations")
         root = Path(self.hparams.image_root)
-        self.train_set = InstructionDataset(records[n_val:], root)
-        self.val_set = InstructionDataset(records[:n_val], root) if n_val else None
+        self.train_set = InstructionDataset(tokens.select(self.order[self.n_val :]), root)
+        self.val_set = InstructionDataset(tokens.select(self.order[: self.n_val]), root) if self.n_val else None
 
     # ------------------------------------------------------------ batches
     def _processor(self):
         return self.trainer.lightning_module.processor
 
-    def collate(self, items: list[dict]) -> dict:
-        """Chat-templated conversations; labels only on assistant turns.
-
-        Each assistant turn's span is the difference of two rendered prefixes (up to the assistant header, and up
-        to the end of the answer), measured with the tokenizer alone: the processor's `<image>` expansion is
-        replayed by repeating the image token as often as it stands in the encoded row (region tokens included).
-        """
-        processor = self._processor()
-        tokenizer, image_token = processor.tokenizer, processor.image_token
-        image_token_id = tokenizer.convert_tokens_to_ids(image_token)
-        conversations = [_messages(item["conversations"]) for item in items]
-        texts = [processor.apply_chat_template(messages) for messages in conversations]
-        batch = processor(images=[item["image"] for item in items], text=texts, return_tensors="pt", padding=True,
-                          padding_side="right", pad_to_multiple_of=self.hparams.pad_to_multiple_of)
-        labels = torch.full_like(batch["input_ids"], -100)
-        for row, messages in enumerate(conversations):
-            expanded = image_token * int((batch["input_ids"][row] == image_token_id).sum())
-
-            def length(text: str) -> int:
-                return len(tokenizer(text.replace(image_token, expanded))["input_ids"])
-
-            if length(texts[row]) != int(batch["attention_mask"][row].sum()):
-                raise RuntimeError(f"{type(processor).__name__} does not expand {image_token} by repetition: "
-                                   "cannot place the answer labels")
-            for j, message in enumerate(messages):
-                if message["role"] != "assistant":
-                    continue
-                start = length(processor.apply_chat_template(messages[:j], add_generation_prompt=True))
-                stop = length(processor.apply_chat_template(messages[: j + 1]))
-                labels[row, start:stop] = batch["input_ids"][row, start:stop]
-        batch["labels"] = labels
-        return dict(batch)
-
-    def _progress(self) -> tuple[int, int]:
-        loop = self.trainer.fit_loop
-        return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.ready
+    def _position(self) -> int:
+        """Batches the trainer has taken from the loader in this epoch (checkpoints hold the state after them)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     def train_dataloader(self) -> DataLoader:
-        self.sampler = ResumableSampler(len(self.train_set), shuffle=True, seed=self.hparams.seed)
-        self.sampler.epoch = self.trainer.current_epoch if self.trainer else 0
-        return ResumableLoader(self.train_set, self.hparams.batch_size, self.sampler, self.collate,
-                               self.hparams.num_workers, self._progress)
+        processor = self._processor()
+        self._tokenised(processor)
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        self.sampler = DistributedSampler(self.train_set, num_replicas=replicas, rank=rank, shuffle=True,
+                                          seed=self.hparams.seed * SEED_STRIDE, drop_last=replicas > 1)
+        self.sampler.set_epoch(trainer.current_epoch if trainer is not None else 0)
+        return TrainerStatefulLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=self.sampler,
+                                     collate_fn=ConversationCollator(processor, self.hparams.pad_to_multiple_of),
+                                     num_workers=self.hparams.num_workers,
+                                     position=self._position if trainer is not None else None)
 
     def val_dataloader(self):
+        self._tokenised(self._processor())
         if self.val_set is None:
             return []
-        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, collate_fn=self.collate,
-                          num_workers=self.hparams.num_workers)
+        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers,
+                          collate_fn=ConversationCollator(self._processor(), self.hparams.pad_to_multiple_of))

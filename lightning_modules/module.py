@@ -3,20 +3,35 @@
 * LoRA (peft) targets the language model only: a regex anchored on `language_model` (both towers also name
   layers q_proj/k_proj/v_proj); the region projector is in `modules_to_save`. Everything else is frozen.
 * `dtype="bfloat16"` loads the frozen VLM in bf16 (no fp32 copy, no per-step weight casts under autocast; use
-  with `precision: 32-true`); peft keeps the LoRA weights in fp32, the trained projector stays in the model's dtype.
+  with `precision: 32-true` or `bf16-mixed`); peft keeps the LoRA weights in fp32, the trained projector stays in
+  the model's dtype. Each rank loads it straight onto its own device (transformers' low-memory loading), except
+  under FSDP, which shards it from the CPU.
 * `train_projector=True` also trains the VLM's own multimodal projector (in `modules_to_save`): what a LLaVA
   whose projector is new (e.g. the embedded `world-llava`) needs.
 * Loss = the causal-LM loss on `labels` (-100 everywhere but answer tokens; see the data module), computed from
   the logits of the labelled positions only (`logits_to_keep`): the same number as the model's own loss, without
   projecting every image and prompt token onto the vocabulary.
 * Checkpoints keep only trainable weights (LoRA + projector); optimizer and loop state come from Lightning, so
-  `ckpt_path=` resumes exactly (the data module's sampler resumes mid-epoch).
+  `ckpt_path=` resumes exactly (the data module's loader resumes mid-epoch). Loading is strict on that set: a
+  checkpoint missing a trainable weight, or holding one this model does not train, is an error naming the keys;
+  only the frozen weights (which come from `vlm`) may be absent.
+* The grounding tower is frozen bookkeeping outside the module tree: it is neither wrapped by DDP / FSDP nor saved;
+  `on_fit_start` moves it to the device. The projector lives in the model (`region_projector`).
+* `gradient_checkpointing=True` recomputes the model's layer activations in the backward pass (transformers'
+  non-reentrant checkpointing: less memory, one more forward). Gradient accumulation is the trainer's
+  `accumulate_grad_batches`; `lr_schedule: cosine` counts optimizer steps (`trainer.max_steps`).
+* FSDP (`--trainer.strategy=fsdp`): unless the strategy names its own `auto_wrap_policy`, each decoder layer (of
+  the language model and of the vision tower) and each trainable leaf (LoRA, projector) is its own unit (peft's
+  policy: one dtype per unit, frozen bf16 weights apart from fp32 LoRA). `--trainer.strategy=fsdp2` (FSDP2,
+  `fully_shard`, also on CPU with gloo) shards the same decoder layers, then the whole model.
+* Logged each step: train/loss, train/lr, train/tokens_per_s (every rank's tokens over the step's time, summed).
 * `on_train_end` exports the adapter: peft's `adapter_model.safetensors` + the RegionGrounding projector/config.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -59,15 +74,17 @@ class RegionTokensModule(L.LightningModule):
         projector_learning_rate: float | None = None,
         image_size: int | None = None,
         dtype: str = "float32",
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.regions_config = regions or RegionConfig()
-        self.strict_loading = False  # checkpoints hold only the trainable weights
         self.model = None
         self.processor = None
-        self.grounding: RegionGrounding | None = None
+        self.grounding: RegionGrounding | None = None  # not a submodule (see the module docstring)
         self.handle = None
+        self._step_start: float | None = None
+        self.register_load_state_dict_post_hook(_trainable_only_strict)
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -77,14 +94,17 @@ class RegionTokensModule(L.LightningModule):
         from eval.runner import load_vlm
         from grounding.assets import set_image_size
 
-        model, processor = load_vlm(self.hparams.vlm, self.hparams.dtype, "cpu")
+        model, processor = load_vlm(self.hparams.vlm, self.hparams.dtype, self._load_device())
         if self.hparams.image_size:  # the VLM's input size (image tokens = (size / patch)^2)
             set_image_size(processor, self.hparams.image_size)
         self.processor = processor
-        self.grounding = RegionGrounding(self.regions_config)
+        grounding = RegionGrounding(self.regions_config)
+        object.__setattr__(self, "grounding", grounding)  # kept out of the module tree: not wrapped, not saved
         if self.regions_config.num_regions:
-            self.grounding.load_tower("cpu").requires_grad_(False)
-        self.handle = self.grounding.attach(model, processor)
+            grounding.load_tower(model.device).requires_grad_(False)
+        self.handle = grounding.attach(model, processor)
+        if self.hparams.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lora = LoraConfig(r=self.hparams.lora_r, lora_alpha=self.hparams.lora_alpha,
                           lora_dropout=self.hparams.lora_dropout, target_modules=LORA_TARGETS,
                           modules_to_save=self.saved_modules() or None)
@@ -96,6 +116,48 @@ class RegionTokensModule(L.LightningModule):
         stray = [n for n in trainable if "lora_" not in n and not any(m in n for m in self.saved_modules())]
         if stray:
             raise RuntimeError(f"unexpected trainable parameters: {stray[:5]}")
+        self._shard()
+
+    def _load_device(self) -> str:
+        """Where the VLM is loaded: this rank's device (no host copy), or the CPU when FSDP shards it from there."""
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if strategy is None or isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)):
+            return "cpu"
+        return str(strategy.root_device)
+
+    def _shard(self) -> None:
+        """FSDP: set the wrap policy (fsdp) or shard the decoder layers now (model_parallel); else nothing."""
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+        from .sharding import apply_fsdp2, fsdp_wrap_policy
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, FSDPStrategy) and "auto_wrap_policy" not in strategy.kwargs:
+            strategy.kwargs["auto_wrap_policy"] = fsdp_wrap_policy(self.model)
+        elif isinstance(strategy, ModelParallelStrategy):
+            if strategy._save_distributed_checkpoint:
+                raise ValueError("ModelParallelStrategy: set save_distributed_checkpoint: false (or use "
+                                 "--trainer.strategy=fsdp2): checkpoints hold the trainable weights only, one small "
+                                 "file; Lightning's sharded loader expects every weight of the model in them")
+            apply_fsdp2(self.model, strategy.device_mesh["data_parallel"])
+            self.strict_loading = False  # Lightning's FSDP2 load wants every weight; _check_resume checked ours
+        if self._trainer is not None and self._trainer.ckpt_path:
+            self._check_resume(self._trainer.ckpt_path)
+
+    def _check_resume(self, path: str) -> None:
+        """Before Lightning loads a checkpoint: it must hold exactly this model's trainable weights."""
+        if not Path(path).is_file():
+            return  # a sharded directory (not written by this module): Lightning's own loader checks it
+        keys = set(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["state_dict"])
+        trainable = self.trainable_names()
+        saved = {_clean(k) for k in keys}
+        missing, unexpected = sorted(trainable - saved), sorted(saved - trainable)
+        if missing or unexpected:
+            raise RuntimeError(f"{path} does not hold this model's trainable weights: missing {missing[:5]} "
+                               f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}). It was saved with "
+                               "other LoRA / regions / train_projector settings: resume with those, or start afresh.")
 
     def saved_modules(self) -> list[str]:
         """Modules trained in full (peft `modules_to_save`): the region projector and/or the VLM's projector."""
@@ -125,8 +187,21 @@ class RegionTokensModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.answer_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        rows = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=rows)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=rows)
         return loss
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        if self._step_start is None:
+            return
+        seconds = time.perf_counter() - self._step_start
+        tokens = float(batch["attention_mask"].sum())  # this rank's real (unpadded) tokens
+        self.log("train/tokens_per_s", tokens / max(seconds, 1e-9), reduce_fx="sum", sync_dist=True,
+                 batch_size=batch["input_ids"].shape[0])
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.answer_loss(batch)
@@ -150,25 +225,87 @@ class RegionTokensModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------ trainable-only checkpoints
+    def trainable_names(self) -> set[str]:
+        """State-dict keys of the trained weights (wrapper prefixes of FSDP / activation checkpointing removed)."""
+        return {_clean(n) for n, p in self.named_parameters() if p.requires_grad}
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in names}
+        names = self.trainable_names()
+        return {k: v for k, v in self.state_dict().items() if _clean(k) in names}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"] = self.trainable_state_dict()
+        names = self.trainable_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if _clean(k) in names}
 
     # ------------------------------------------------------------ export
-    def export(self, directory: str | Path) -> Path:
-        """peft adapter (LoRA + projector copy) and the RegionGrounding adapter (projector + config), safetensors."""
+    def export(self, directory: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+        """peft adapter (LoRA + projector copy) and the RegionGrounding adapter (projector + config), safetensors.
+
+        state: the trainable weights gathered from a sharded model (keys of this module); None: the live modules."""
+        from grounding.region_tokens import RegionProjector
+
         directory = Path(directory)
-        self.model.save_pretrained(directory / "lora", safe_serialization=True)
+        if state is None:
+            self.model.save_pretrained(directory / "lora", safe_serialization=True)
+            if self.regions_config.num_regions:
+                self.grounding.save_pretrained(directory)  # the projector the model runs: peft's trained copy
+            return directory
+        peft_state = {k.removeprefix("model."): v for k, v in state.items()}
+        self.model.save_pretrained(directory / "lora", safe_serialization=True, state_dict=peft_state)
         if self.regions_config.num_regions:
-            wrapper = self.model.base_model.model.get_submodule("region_projector")
-            copies = getattr(wrapper, "modules_to_save", None)  # peft's trained copy of the projector
-            projector = copies[self.model.active_adapter] if copies is not None else wrapper
+            prefix = f"base_model.model.region_projector.modules_to_save.{self.model.active_adapter}."
+            weights = {k.removeprefix(prefix): v for k, v in peft_state.items() if k.startswith(prefix)}
+            projector = RegionProjector(weights["norm.weight"].shape[0], weights["null"].shape[0],
+                                        weights["mlp.0.weight"].shape[0])
+            projector.load_state_dict(weights)
             self.grounding.save_pretrained(directory, projector=projector)
         return directory
 
+    def _gathered_trainable_state(self) -> dict[str, torch.Tensor] | None:
+        """Under FSDP: the full trainable weights on rank 0 (a collective: every rank calls it); else None."""
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+        strategy = self.trainer.strategy
+        if isinstance(strategy, FSDPStrategy):
+            from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            with FSDP.state_dict_type(strategy.model, StateDictType.FULL_STATE_DICT,
+                                      FullStateDictConfig(offload_to_cpu=True, rank0_only=True)):
+                state = strategy.model.state_dict()
+        elif isinstance(strategy, ModelParallelStrategy):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state = get_model_state_dict(self, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        else:
+            return None
+        names = self.trainable_names()
+        return {_clean(k): v for k, v in state.items() if _clean(k) in names}
+
     def on_train_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
-            self.export(self.hparams.export_dir)
+        if not self.hparams.export_dir:
+            return
+        state = self._gathered_trainable_state()
+        if self.trainer.is_global_zero:
+            self.export(self.hparams.export_dir, state)
+
+
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def _clean(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def _trainable_only_strict(module: RegionTokensModule, incompatible) -> None:
+    """load_state_dict post-hook: checkpoints hold the trainable weights only, so strict loading means exactly those.
+
+    Missing frozen weights are dropped from the report (they come from `vlm`); a missing trainable weight stays in
+    it, and so does any unexpected key: `strict=True` then fails and names them."""
+    if module.model is None:
+        return
+    trainable = module.trainable_names()
+    for key in [k for k in incompatible.missing_keys if _clean(k) not in trainable]:
+        incompatible.missing_keys.remove(key)

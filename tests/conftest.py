@@ -68,6 +68,18 @@ def tiny_timm_dir(tmp_path_factory):
     return str(directory)
 
 
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory):
+    """A tiny random LLaVA (tests/tiny_vlm.py) and its processor, saved once per session."""
+    from tiny_vlm import make_tiny_llava
+
+    model, processor = make_tiny_llava()
+    directory = tmp_path_factory.mktemp("tiny_llava")
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return str(directory)
+
+
 @pytest.fixture
 def rng_image():
     def make(height=50, width=70, seed=0):

@@ -88,16 +88,23 @@ def test_discover_cli_skips_bad_images_and_resumes(tiny_reg_dir, tmp_path):
     assert main(args) == 0
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["image"] for r in records] == ["a.jpg", "b.png", "c.jpg"]
-    assert "error" in records[2] and "c.jpg" in records[2]["error"]
+    assert "skipped" in records[2] and "c.jpg" in records[2]["skipped"] and "box" not in records[2]
     b = records[1]
     x0, y0, x1, y1 = b["box"]
     assert b["image_size"] == [70, 30] and 0 <= x0 < x1 <= 30 and 0 <= y0 < y1 <= 70
     assert (out / "overlays" / "a.png").exists() and (out / "masks" / "b.png").exists()
+    assert json.loads((out / "run.json").read_text())["skipped"] == 1
+    size = (out / "predictions.jsonl").stat().st_size
     with (out / "predictions.jsonl").open("a") as handle:
         handle.write('{"image": "torn')  # a kill mid-write
     assert main(args) == 0
-    again = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert [r["image"] for r in again] == ["a.jpg", "b.png", "c.jpg"]
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and (out / "predictions.jsonl").stat().st_size > size  # torn tail cut, skip retried
+    assert [json.loads(line)["image"] for line in lines] == ["a.jpg", "b.png", "c.jpg", "c.jpg"]
+    _photo(images / "c.jpg", seed=2)  # the image is restored: the next run reads it
+    assert main(args) == 0
+    newest = {r["image"]: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+    assert "box" in newest["c.jpg"] and json.loads((out / "run.json").read_text())["skipped"] == 0
 
 
 def test_cli_reports_missing_folder(tmp_path, tiny_reg_dir, capsys):

@@ -14,19 +14,14 @@ import yaml
 from PIL import Image
 
 from eval.cli import build_parser, main
-from tiny_vlm import make_tiny_llava
 
 OPTIONS = json.dumps({m: {"object_dino": {"k": 2, "restarts": 2}} for m in ("highlight", "masked-contrast", "vcd")})
 ALL_METHODS = "baseline,highlight,masked-contrast,vcd"
 
 
 @pytest.fixture(scope="module")
-def vlm_dir(tmp_path_factory):
-    model, processor = make_tiny_llava()
-    directory = tmp_path_factory.mktemp("tiny_llava")
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return str(directory)
+def vlm_dir(tiny_llava_dir):
+    return tiny_llava_dir
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +145,8 @@ def test_every_eval_yaml_validates(tmp_path):
     assert configs
     for path in configs:
         kind = "pope" if "pope" in path.name else "chair"
-        args = parser.parse_args(["eval", kind, "--config", str(path), "--images", "x", "--out", str(tmp_path)])
+        args = parser.parse_args(["eval", kind, "--config", str(path), "--images", str(tmp_path),
+                                  "--out", str(tmp_path)])
         from eval.hallucination_cli import resolve_config, run_config_from_args
 
         args = resolve_config(args.parser_obj, args, {"--images", "--out"})

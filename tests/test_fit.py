@@ -36,7 +36,7 @@ def setup(tmp_path_factory, tiny_reg_dir):
         {"images": images, "annotations": annotations, "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}))
     config = {
         "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 6, "enable_progress_bar": False,
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 6, "enable_progress_bar": True,
                     "enable_model_summary": False, "log_every_n_steps": 1, "num_sanity_val_steps": 0,
                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                "init_args": {"save_dir": str(root / "logs"), "name": "run"}},
@@ -47,18 +47,23 @@ def setup(tmp_path_factory, tiny_reg_dir):
                   "export_dir": str(root / "adapter"),
                   "regions": {"num_regions": 2, "tower": tiny_reg_dir, "tower_short_side": 32, "projector_hidden": 16,
                               "object_dino": {"k": 2, "restarts": 2}}},
-        "data": {"image_root": str(root / "images"), "instances": str(root / "instances.json"), "batch_size": 2},
+        "data": {"image_root": str(root / "images"), "instances": str(root / "instances.json"), "batch_size": 2,
+                 "cache_dir": str(root / "cache")},
     }
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     return root
 
 
-def test_fit_resume_and_export(setup, tmp_path):
+def test_fit_resume_and_export(setup, tmp_path, capsys):
     root = setup
     assert main(["fit", "--config", str(root / "config.yaml")]) == 0
+    bar = capsys.readouterr()
+    assert "step" in bar.out + bar.err and "6/6" in bar.out + bar.err and "/-2" not in bar.out + bar.err
     rows = list(csv.DictReader((root / "logs" / "run" / "version_0" / "metrics.csv").open()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) == 6 and np.mean(losses[-2:]) < np.mean(losses[:2])
+    assert [float(r["train/lr"]) for r in rows if r.get("train/lr")] == pytest.approx([1e-2] * 6)
+    assert len([r for r in rows if r.get("train/tokens_per_s") and float(r["train/tokens_per_s"]) > 0]) == 6
 
     mid = torch.load(root / "ckpt" / "step=3.ckpt", weights_only=False)
     final = torch.load(root / "ckpt" / "step=6.ckpt", weights_only=False)
@@ -81,14 +86,31 @@ def test_fit_resume_and_export(setup, tmp_path):
     for key, value in final["state_dict"].items():
         torch.testing.assert_close(resumed[key], value, rtol=1e-5, atol=1e-6)
     assert cli.datamodule.skipped == 2  # the missing image's records (one object: one yes, one no)
+
+    # trainable-only checkpoints load strictly: a missing trained weight or a stray key is an error naming it
+    trained_key = next(k for k in final["state_dict"] if "lora_" in k)
+    partial = {k: v for k, v in final["state_dict"].items() if k != trained_key}
+    with pytest.raises(RuntimeError, match="Missing key"):
+        cli.model.load_state_dict(partial, strict=True)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        cli.model.load_state_dict({**final["state_dict"], "model.stray.weight": torch.zeros(1)}, strict=True)
+    cli.model.load_state_dict(final["state_dict"], strict=True)
+
+    # RegionGrounding.save_pretrained() after training saves the projector the model trained, not the initial one
+    from grounding.region_tokens import RegionGrounding
+
+    cli.model.grounding.save_pretrained(tmp_path / "grounding")
+    saved = RegionGrounding.from_pretrained(tmp_path / "grounding").projector.state_dict()
+    wrapper = cli.model.model.base_model.model.region_projector
+    for key, value in wrapper.modules_to_save["default"].state_dict().items():
+        torch.testing.assert_close(saved[key], value)
+    assert any(not torch.equal(saved[k], v) for k, v in wrapper.original_module.state_dict().items())
     assert (tmp_path / "resume" / "config.yaml").exists()
     assert list((tmp_path / "resume" / "checkpoints").glob("*.ckpt"))
 
     # the exported adapter (from the uninterrupted CLI run) reloads onto a stock model with identical outputs
     from peft import PeftModel
     from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    from grounding.region_tokens import RegionGrounding
 
     base = LlavaForConditionalGeneration.from_pretrained(root / "vlm").eval()
     processor = AutoProcessor.from_pretrained(root / "vlm")
@@ -104,6 +126,46 @@ def test_fit_resume_and_export(setup, tmp_path):
         got = reloaded(**processor(images=[image], text=[text], return_tensors="pt")).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert Path(root / "adapter" / "lora" / "adapter_model.safetensors").exists()
+
+
+def test_defaults_are_a_step_progress_bar_and_a_csv_logger(setup, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_modules.cli import make_cli
+    from lightning_modules.progress import StepProgressBar
+
+    cli = make_cli(["--config", str(setup / "config.yaml"), "--trainer.logger=null", "--trainer.callbacks=null",
+                    f"--trainer.default_root_dir={tmp_path}"], run=False)
+    assert isinstance(cli.trainer.progress_bar_callback, StepProgressBar)
+    assert isinstance(cli.trainer.logger, CSVLogger) and Path(cli.trainer.logger.save_dir) == tmp_path
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(setup):
+    from grounding.region_tokens import RegionConfig
+    from lightning_modules.conversation import ConversationCollator, tokenize_batch
+    from lightning_modules.module import RegionTokensModule
+    from tiny_vlm import photos
+
+    conversation = [{"from": "human", "value": "<image>\nis there a dog ?"}, {"from": "gpt", "value": "yes"},
+                    {"from": "human", "value": "is there a cat ?"}, {"from": "gpt", "value": "no"}]
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # the same LoRA initialisation
+        module = RegionTokensModule(vlm=str(setup / "vlm"), regions=RegionConfig(num_regions=0), lora_r=4,
+                                    lora_dropout=0.0, gradient_checkpointing=checkpointing)
+        module.configure_model()
+        assert module.model.is_gradient_checkpointing == checkpointing
+        tokens = tokenize_batch({"conversations": [conversation]}, module.processor)
+        batch = ConversationCollator(module.processor)([{"input_ids": tokens["input_ids"][0],
+                                                         "labels": tokens["labels"][0], "image": photos(1)[0]}])
+        loss = module.answer_loss(batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in module.named_parameters() if p.requires_grad}))
+    (loss, grads), (again, grads_again) = results
+    torch.testing.assert_close(again, loss)
+    assert grads and set(grads) == set(grads_again)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_again[name], grad, rtol=1e-5, atol=1e-7)
 
 
 def test_every_train_yaml_validates(tmp_path):
@@ -142,7 +204,7 @@ def test_answer_loss_equals_the_models_own_loss():
 
 
 def test_grouped_questions_pay_the_image_once():
-    from lightning_modules.data import grounded_questions
+    from lightning_modules.records import grounded_questions
 
     instances = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
                  "categories": [{"id": i, "name": n} for i, n in enumerate(["dog", "cat", "car", "bus", "cup"], 1)],
@@ -158,7 +220,7 @@ def test_grouped_questions_pay_the_image_once():
 
 
 def test_one_record_per_image_joins_questions_then_caption():
-    from lightning_modules.data import grounded_questions, join_per_image
+    from lightning_modules.records import grounded_questions, join_per_image
 
     instances = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
                  "categories": [{"id": i, "name": n} for i, n in enumerate(["dog", "cat", "car"], 1)],

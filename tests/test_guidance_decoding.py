@@ -87,7 +87,7 @@ def test_guided_sampling_equals_the_release_loop(tower):
     answers = guide.generate(model, images, QUESTIONS, max_new_tokens=6, do_sample=True, temperature=0.9)
     assert guide.generation_settings["branches"] == "separate" and guide.generation_settings["top_k"] == 0
     inputs = encode_chat(processor, images, [TEMPLATES[0].format(q) for q in QUESTIONS], model.device, model.dtype)
-    branch_images = [guide._branch_image(im) for im in images]
+    branch_images = [guide.branch_image(im) for im in images]
     branch = encode_chat(processor, branch_images, [TEMPLATES[1].format(q) for q in QUESTIONS], model.device, model.dtype)
     torch.manual_seed(5)
     expected = reference_sampling(model, 6, 0.9, inputs, branch, alpha=0.4)

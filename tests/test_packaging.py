@@ -22,6 +22,8 @@ INDIRECT = {
 }
 # imported only by the checkpoint converter (grounding/assets.py), declared in the `assets` extra
 ASSETS_ONLY = {"onnx", "onnxruntime"}
+# optional integrations: module -> (distribution, extra); they need not be installed
+OPTIONAL = {"lmms_eval": ("lmms-eval", "lmms")}
 
 
 def _name(requirement: str) -> str:
@@ -51,7 +53,10 @@ def test_dependencies_match_imports():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = {_name(r) for r in project["dependencies"]}
     extras = {k: {_name(r) for r in v} for k, v in project["optional-dependencies"].items()}
-    package = _distributions(_imports(["grounding", "eval", "lightning_modules"]))
+    package_modules = _imports(["grounding", "eval", "lightning_modules"])
+    for module, (distribution, extra) in OPTIONAL.items():
+        assert module in package_modules and distribution in extras[extra], (module, extras.get(extra))
+    package = _distributions(package_modules - set(OPTIONAL))
     tests = _distributions(_imports(["tests"]))
 
     assert package - core == ASSETS_ONLY and ASSETS_ONLY <= extras["assets"], package - core

@@ -1,0 +1,113 @@
+"""Training records in LLaVA's format, made from COCO files and written once as JSON lines for `datasets`.
+
+A record is {"image": file name under the image root, "conversations": [{"from": "human", "value": "<image>\\nQ"},
+{"from": "gpt", "value": "A"}, ...]} (LLaVA-Instruct-665k's layout, multi-turn). Captions and grounded yes/no
+questions are generated here; `records_file` writes them to a JSON-lines file named by a hash of the sources and
+options, so `load_dataset("json", ...)` reads them like any instruction file and caches what follows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+
+from eval.pope import objects_per_image
+
+__all__ = ["CAPTION_PROMPT", "grounded_questions", "join_per_image", "caption_records", "records_file"]
+
+CAPTION_PROMPT = "Please describe this image in detail."
+
+
+def grounded_questions(instances: dict, per_image: int = 3, seed: int = 0, grouped: bool = False) -> list[dict]:
+    """Yes/no object questions per image (LLaVA-format records): one record per question, or per image if grouped.
+
+    The first `per_image` present objects get "Yes", as many absent ones (drawn with `seed`) get "No";
+    grouped=True puts one image's questions into one multi-turn conversation, in a seeded random order."""
+    names = {c["id"]: c["name"] for c in instances["categories"]}
+    files = {im["id"]: im["file_name"] for im in instances["images"]}
+    present = objects_per_image(instances)
+    rng = random.Random(seed)
+    records = []
+    for image_id in sorted(present):
+        objs = present[image_id]
+        absent = [n for n in names.values() if n not in objs]
+        positives = objs[:per_image]
+        negatives = rng.sample(absent, min(len(positives), len(absent)))
+        pairs = [(o, "Yes") for o in positives] + [(o, "No") for o in negatives]
+        turns = [[{"from": "human", "value": f"Is there a {obj} in the image?"}, {"from": "gpt", "value": answer}]
+                 for obj, answer in pairs]
+        if grouped:
+            rng.shuffle(turns)
+            turns = [[turn for qa in turns for turn in qa]]
+        for conversation in turns:
+            conversation[0] = {**conversation[0], "value": "<image>\n" + conversation[0]["value"]}
+            records.append({"image": files[image_id], "conversations": conversation})
+    return records
+
+
+def join_per_image(records: list[dict]) -> list[dict]:
+    """One conversation per image: its records' turns in order (the image stays in the first user turn only).
+
+    The image tokens are the bulk of every row, so one row per image trains on the same answers at a fraction of
+    the compute of one row per question set and one per caption."""
+    joined: dict[str, list[dict]] = {}
+    for record in records:
+        turns = joined.setdefault(record["image"], [])
+        for turn in record["conversations"]:
+            value = turn["value"]
+            if turns and "<image>" in value:
+                value = value.replace("<image>", "").strip()
+            turns.append({**turn, "value": value})
+    return [{"image": image, "conversations": turns} for image, turns in joined.items()]
+
+
+def caption_records(data: dict, per_image: int | None = None) -> list[dict]:
+    """COCO captions -> "Please describe this image in detail." / the caption (at most `per_image` per image)."""
+    files = {im["id"]: im["file_name"] for im in data["images"]}
+    counts: dict[int, int] = {}
+    records = []
+    for a in data["annotations"]:
+        if a["image_id"] not in files or (per_image is not None and counts.get(a["image_id"], 0) >= per_image):
+            continue
+        counts[a["image_id"]] = counts.get(a["image_id"], 0) + 1
+        records.append({"image": files[a["image_id"]], "conversations": [
+            {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"}, {"from": "gpt", "value": a["caption"].strip()}]})
+    return records
+
+
+def _source_key(path: str | None) -> list:
+    if path is None:
+        return [None]
+    stat = Path(path).stat()
+    return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def records_file(directory: str | Path, captions: str | None, instances: str | None, *, captions_per_image: int | None,
+                 questions_per_image: int, seed: int, group_questions: bool, one_record_per_image: bool) -> Path | None:
+    """The captions' and questions' records as a JSON-lines file under `directory` (None when there are none).
+
+    Order: captions then questions, or (one_record_per_image) one row per image holding its questions then its
+    caption. The file is named by a hash of the sources (path, size, mtime) and the options; an existing file is
+    reused, a new one is written to a temporary name and renamed (safe when several processes race)."""
+    if not captions and not instances:
+        return None
+    options = [_source_key(captions), _source_key(instances), captions_per_image, questions_per_image, seed,
+               group_questions, one_record_per_image, 1]  # the last number: this file format's version
+    digest = hashlib.sha256(json.dumps(options).encode()).hexdigest()[:16]
+    path = Path(directory).expanduser() / f"records-{digest}.jsonl"
+    if path.is_file():
+        return path
+    caption_rows = caption_records(json.loads(Path(captions).read_text()), captions_per_image) if captions else []
+    questions = grounded_questions(json.loads(Path(instances).read_text()), questions_per_image, seed,
+                                   grouped=group_questions) if instances else []
+    records = join_per_image(questions + caption_rows) if one_record_per_image else caption_rows + questions
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    with partial.open("w") as handle:
+        for record in records:
+            handle.write(json.dumps({"image": record["image"], "conversations": record["conversations"]}) + "\n")
+    os.replace(partial, path)
+    return path

@@ -1,0 +1,129 @@
+"""The lmms-eval plugin end to end, offline, on a tiny random LLaVA: lmms-eval's own CLI runs a local POPE task
+through `--model grounded_vlm` (found through the `lmms_eval.models` entry point) and its answers equal
+`grounding eval pope`'s; lmms-eval's POPE scoring beside the official one on hand-made answers."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tiny_vlm import make_tiny_llava
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("lmms_eval") is None,
+                                reason="lmms-eval is not installed (pip install 'vlm-grounding[lmms]'; "
+                                       "`make install` installs it)")
+
+ROOT = Path(__file__).parents[1]
+OPTIONS = {"object_dino": {"k": 2, "restarts": 2}}
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(tmp_path_factory):
+    model, processor = make_tiny_llava()
+    directory = tmp_path_factory.mktemp("tiny_llava")
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def pope(tmp_path_factory):
+    """Three images, a yes and a no question each (POPE's question-file format)."""
+    root = tmp_path_factory.mktemp("pope")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(3):
+        name = f"COCO_val2014_{i:012d}.jpg"
+        Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(root / "images" / name)
+        for obj, label in (("dog", "yes"), ("cat", "no")):
+            rows.append({"question_id": len(rows) + 1, "image": name, "text": f"is there a {obj} in the image ?",
+                         "label": label})
+    (root / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def _entry_point_path(tmp_path: Path) -> list[str]:
+    """The plugin's entry point as `pip install -e .` registers it; a stand-in dist-info when this checkout's
+    metadata predates it (an older editable install)."""
+    if any(ep.name == "grounded_vlm" for ep in entry_points(group="lmms_eval.models")):
+        return []
+    info = tmp_path / "entry" / "vlm_grounding_lmms_entry-0.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: vlm-grounding-lmms-entry\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text("[lmms_eval.models]\ngrounded_vlm = eval.lmms_model:manifest\n")
+    return [str(info.parent)]
+
+
+def test_lmms_eval_cli_answers_equal_the_runner(vlm_dir, tiny_reg_dir, pope, tmp_path):
+    from eval.cli import main
+    from eval.lmms_pope import lmms_eval_pope_scores, write_pope_task
+
+    task = write_pope_task(pope / "questions.jsonl", pope / "images", tmp_path / "tasks", max_new_tokens=6)
+    model_args = (f"pretrained={vlm_dir},method=highlight,tower={tiny_reg_dir},tower_short_side=32,device=cpu,"
+                  f"method_options={json.dumps(OPTIONS, separators=(',', ':'))}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *_entry_point_path(tmp_path)]),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "lmms_eval", "--model", "grounded_vlm", "--model_args", model_args,
+               "--tasks", "pope_local", "--include_path", str(task.parent), "--batch_size", "2",
+               "--output_path", str(tmp_path / "lmms"), "--log_samples"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    samples_file = next((tmp_path / "lmms").rglob("*_samples_pope_local.jsonl"))
+    samples = [json.loads(line) for line in samples_file.read_text().splitlines()]
+    lmms_answers = {s["pope_accuracy"]["question_id"]: s["filtered_resps"] for s in samples}
+    assert len(lmms_answers) == 6
+
+    assert main(["eval", "pope", "--model", vlm_dir, "--images", str(pope / "images"), "--questions",
+                 str(pope / "questions.jsonl"), "--methods", "highlight", "--tower", tiny_reg_dir,
+                 "--tower-short-side", "32", "--method-options", json.dumps({"highlight": OPTIONS}),
+                 "--batch-size", "2", "--max-new-tokens", "6", "--device", "cpu", "--out", str(tmp_path / "ours")]) == 0
+    ours = [json.loads(l) for l in (tmp_path / "ours" / "highlight" / "predictions.jsonl").read_text().splitlines()]
+    assert {r["key"]: r["answer"] for r in ours} == lmms_answers
+
+    # lmms-eval's reported figures are what lmms_eval_pope_scores computes on the same answers
+    reported = json.loads(next((tmp_path / "lmms").rglob("*_results.json")).read_text())["results"]["pope_local"]
+    labels = {r["key"]: r["label"] for r in ours}
+    ids = sorted(lmms_answers)
+    ours_of_theirs = lmms_eval_pope_scores(ids, [labels[i] for i in ids], [lmms_answers[i] for i in ids])
+    for name, key in (("accuracy", "accuracy"), ("precision", "precision"), ("recall", "recall"),
+                      ("f1_score", "f1"), ("yes_ratio", "yes_ratio")):
+        assert reported[f"pope_{name},none"] * 100 == pytest.approx(ours_of_theirs[key])
+
+    # the samples file scores with both rules
+    assert main(["eval", "score", "pope", "--questions", str(pope / "questions.jsonl"), "--answers",
+                 str(samples_file), "--lmms-eval", "--out", str(tmp_path / "both")]) == 0
+    scored = json.loads((tmp_path / "both" / "metrics.json").read_text())["results"]["scored"]
+    assert scored["lmms_eval"]["accuracy"] == pytest.approx(ours_of_theirs["accuracy"])
+
+
+def test_lmms_eval_pope_scoring_beside_the_official_rule():
+    from eval.lmms_pope import official_and_lmms_eval
+
+    labels = ["yes", "no"] * 4
+    answers = ["Yes", "Yes", "Yes, there is a dog.", "No.", "There is no dog.", "no", "yes", "I see a cat."]
+    both = official_and_lmms_eval(list(range(1, 9)), labels, answers)
+    official, lmms = both["official"], both["lmms_eval"]
+    # official: every answer is a yes or a no (first sentence; "no"/"not" -> no): tp 3, fp 2, tn 2, fn 1
+    assert (official["tp"], official["fp"], official["tn"], official["fn"]) == (3, 2, 2, 1)
+    assert official["accuracy"] == 62.5 and official["recall"] == 75.0 and official["yes_ratio"] == 62.5
+    # lmms-eval: only an exact yes / no counts; 4 answers are neither: wrong in accuracy, ignored by recall
+    assert lmms["neither_yes_nor_no"] == 4 and lmms["accuracy"] == 37.5
+    assert lmms["precision"] == pytest.approx(200 / 3) and lmms["recall"] == 100.0 and lmms["f1"] == pytest.approx(80)
+    assert lmms["yes_ratio"] == 50.0  # the labels' yes share, whatever the answers
+
+
+def test_the_entry_point_is_declared_in_pyproject():
+    """What the end-to-end test's stand-in dist-info declares is what `pip install` registers."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["entry-points"]["lmms_eval.models"] == {"grounded_vlm": "eval.lmms_model:manifest"}
+    assert any(r.startswith("lmms-eval") for r in project["optional-dependencies"]["lmms"])
