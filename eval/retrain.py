@@ -21,7 +21,7 @@ import yaml
 
 __all__ = ["retrain", "TRAIN_WORLD", "package_adapter"]
 
-TRAIN_WORLD = {"seed": 0, "images": 1200, "split": "train"}  # 2 CPU cores: configs/train/world_llava.yaml
+TRAIN_WORLD = {"seed": 0, "images": 2000, "split": "train"}  # 2 CPU cores: configs/train/world_llava.yaml
 TRAIN_WORLD_GPU = {"seed": 0, "images": 4000, "split": "train"}  # one GPU: configs/train/world_llava_gpu.yaml
 SHIPPED_TOWER = "~/.cache/vlm-grounding/dinov2-s14-imgfocus"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"

@@ -7,7 +7,8 @@ Sources (any mix), all read with `load_dataset("json", ...)`:
 * `captions`: a COCO captions file -> "Please describe this image in detail." / the caption.
 * `instances`: a COCO instance file -> grounded yes/no questions, POPE-style (`lightning_modules.records`);
   `group_questions=True` puts one image's questions into one multi-turn conversation, and
-  `one_record_per_image=True` one row per image: its questions, then its caption.
+  `one_record_per_image=True` one row per image: its questions, then its caption. `question_negatives="balanced"`
+  draws the "No" questions so that no category's name predicts its answer (see `grounded_questions`).
 
 Pipeline: records -> rows whose image file is missing or not an image are dropped (counted in `skipped`; only
 file headers are read) -> seeded shuffle -> validation split -> `.map` tokenisation with label spans (once per
@@ -27,6 +28,7 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 from PIL import Image, UnidentifiedImageError
@@ -76,7 +78,8 @@ class InstructionDataModule(L.LightningDataModule):
                  seed: int = 0, questions_per_image: int = 3, max_records: int | None = None,
                  group_questions: bool = False, captions_per_image: int | None = None,
                  pad_to_multiple_of: int | None = None, one_record_per_image: bool = False,
-                 cache_dir: str | None = None, map_workers: int | None = None):
+                 cache_dir: str | None = None, map_workers: int | None = None,
+                 question_negatives: Literal["random", "balanced"] = "random"):
         """cache_dir: where `datasets` keeps its cache files and the generated records (default: its own cache,
         $HF_DATASETS_CACHE); map_workers: processes for the one-time tokenisation (`datasets.map(num_proc=...)`)."""
         super().__init__()
@@ -113,7 +116,8 @@ class InstructionDataModule(L.LightningDataModule):
         generated = records_file(Path(cache) / "vlm_grounding_records", hp.captions, hp.instances,
                                  captions_per_image=hp.captions_per_image, questions_per_image=hp.questions_per_image,
                                  seed=hp.seed, group_questions=hp.group_questions,
-                                 one_record_per_image=hp.one_record_per_image)
+                                 one_record_per_image=hp.one_record_per_image,
+                                 question_negatives=hp.question_negatives)
         if generated is not None and generated.stat().st_size:
             table = load_dataset("json", data_files=str(generated), split="train", cache_dir=cache)
             parts.append(table.cast(parts[0].features) if parts else table)

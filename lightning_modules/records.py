@@ -12,7 +12,9 @@ import hashlib
 import json
 import os
 import random
+from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 from eval.pope import objects_per_image
 
@@ -21,22 +23,37 @@ __all__ = ["CAPTION_PROMPT", "grounded_questions", "join_per_image", "caption_re
 CAPTION_PROMPT = "Please describe this image in detail."
 
 
-def grounded_questions(instances: dict, per_image: int = 3, seed: int = 0, grouped: bool = False) -> list[dict]:
+def grounded_questions(instances: dict, per_image: int = 3, seed: int = 0, grouped: bool = False,
+                       negatives: Literal["random", "balanced"] = "random") -> list[dict]:
     """Yes/no object questions per image (LLaVA-format records): one record per question, or per image if grouped.
 
-    The first `per_image` present objects get "Yes", as many absent ones (drawn with `seed`) get "No";
-    grouped=True puts one image's questions into one multi-turn conversation, in a seeded random order."""
+    negatives="random": the first `per_image` present objects get "Yes", as many absent ones drawn uniformly (with
+    `seed`) get "No" (POPE's random split). With a frequency skew this lets a model answer from the category name
+    alone: frequent categories are mostly asked as positives, rare ones mostly as negatives.
+    negatives="balanced": `per_image` present objects drawn at random get "Yes", and each absent category is drawn
+    for "No" with weight n_c / (N - n_c) (n_c of N images hold it), so every category is asked about as often
+    absent as present in expectation and only the image tells the answer. The co-occurrence prior (partners) stays
+    in the images. grouped=True puts one image's questions into one multi-turn conversation, in a seeded order."""
+    if negatives not in ("random", "balanced"):
+        raise ValueError(f"negatives must be 'random' or 'balanced', got {negatives!r}")
     names = {c["id"]: c["name"] for c in instances["categories"]}
     files = {im["id"]: im["file_name"] for im in instances["images"]}
     present = objects_per_image(instances)
+    holding = Counter(name for objs in present.values() for name in objs)  # category -> images holding it
+    total = len(instances["images"])
+    odds = {n: holding[n] / max(1, total - holding[n]) for n in names.values()}
     rng = random.Random(seed)
     records = []
     for image_id in sorted(present):
         objs = present[image_id]
         absent = [n for n in names.values() if n not in objs]
-        positives = objs[:per_image]
-        negatives = rng.sample(absent, min(len(positives), len(absent)))
-        pairs = [(o, "Yes") for o in positives] + [(o, "No") for o in negatives]
+        if negatives == "random":
+            positives = objs[:per_image]
+            negatives_ = rng.sample(absent, min(len(positives), len(absent)))
+        else:
+            positives = rng.sample(objs, min(per_image, len(objs)))
+            negatives_ = _weighted_sample(absent, [odds[n] for n in absent], len(positives), rng)
+        pairs = [(o, "Yes") for o in positives] + [(o, "No") for o in negatives_]
         turns = [[{"from": "human", "value": f"Is there a {obj} in the image?"}, {"from": "gpt", "value": answer}]
                  for obj, answer in pairs]
         if grouped:
@@ -46,6 +63,18 @@ def grounded_questions(instances: dict, per_image: int = 3, seed: int = 0, group
             conversation[0] = {**conversation[0], "value": "<image>\n" + conversation[0]["value"]}
             records.append({"image": files[image_id], "conversations": conversation})
     return records
+
+
+def _weighted_sample(items: list[str], weights: list[float], k: int, rng: random.Random) -> list[str]:
+    """k distinct items, each draw proportional to its weight among those left (items of weight 0 come last)."""
+    items, weights, chosen = list(items), list(weights), []
+    while items and len(chosen) < k:
+        if sum(weights) <= 0:
+            weights = [1.0] * len(items)
+        i = rng.choices(range(len(items)), weights=weights)[0]
+        chosen.append(items.pop(i))
+        weights.pop(i)
+    return chosen
 
 
 def join_per_image(records: list[dict]) -> list[dict]:
@@ -86,7 +115,8 @@ def _source_key(path: str | None) -> list:
 
 
 def records_file(directory: str | Path, captions: str | None, instances: str | None, *, captions_per_image: int | None,
-                 questions_per_image: int, seed: int, group_questions: bool, one_record_per_image: bool) -> Path | None:
+                 questions_per_image: int, seed: int, group_questions: bool, one_record_per_image: bool,
+                 question_negatives: str = "random") -> Path | None:
     """The captions' and questions' records as a JSON-lines file under `directory` (None when there are none).
 
     Order: captions then questions, or (one_record_per_image) one row per image holding its questions then its
@@ -95,14 +125,14 @@ def records_file(directory: str | Path, captions: str | None, instances: str | N
     if not captions and not instances:
         return None
     options = [_source_key(captions), _source_key(instances), captions_per_image, questions_per_image, seed,
-               group_questions, one_record_per_image, 1]  # the last number: this file format's version
+               group_questions, one_record_per_image, question_negatives, 1]  # the last number: this file format's version
     digest = hashlib.sha256(json.dumps(options).encode()).hexdigest()[:16]
     path = Path(directory).expanduser() / f"records-{digest}.jsonl"
     if path.is_file():
         return path
     caption_rows = caption_records(json.loads(Path(captions).read_text()), captions_per_image) if captions else []
     questions = grounded_questions(json.loads(Path(instances).read_text()), questions_per_image, seed,
-                                   grouped=group_questions) if instances else []
+                                   grouped=group_questions, negatives=question_negatives) if instances else []
     records = join_per_image(questions + caption_rows) if one_record_per_image else caption_rows + questions
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")

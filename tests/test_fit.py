@@ -219,6 +219,46 @@ def test_grouped_questions_pay_the_image_once():
     assert answers["dog"] == "Yes" and answers["car"] == "Yes" and sorted(answers.values()).count("No") == 2
 
 
+def test_balanced_negatives_make_the_category_name_uninformative():
+    """With a frequency skew, random negatives make frequent categories mostly "Yes" and rare ones mostly "No";
+    balanced negatives ask every category about as often absent as present, and still ask each image's
+    positives and as many absent objects."""
+    import random
+    from collections import Counter
+
+    from lightning_modules.records import grounded_questions
+
+    names = [f"c{i}" for i in range(12)]
+    rng = random.Random(0)
+    images = [{"id": i, "file_name": f"{i}.png"} for i in range(1, 1201)]
+    annotations = []
+    for image in images:  # category i is in an image with probability 0.45 * 0.75^i: a strong frequency skew
+        held = [i for i in range(12) if rng.random() < 0.45 * 0.75 ** i] or [rng.randrange(12)]
+        annotations += [{"image_id": image["id"], "category_id": i + 1} for i in held]
+    instances = {"images": images, "annotations": annotations,
+                 "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
+
+    def yes_rates(negatives):
+        counts = Counter()
+        for record in grounded_questions(instances, per_image=4, seed=0, negatives=negatives):
+            question, answer = record["conversations"]
+            name = question["value"].split("Is there a ")[1].split(" in the image?")[0]
+            counts[name, answer["value"]] += 1
+        return {n: counts[n, "Yes"] / (counts[n, "Yes"] + counts[n, "No"]) for n in names[:6]}
+
+    random_rates, balanced_rates = yes_rates("random"), yes_rates("balanced")
+    assert random_rates["c0"] > 0.75 and random_rates["c5"] < 0.45  # the name gives the answer away
+    spread = lambda rates: max(rates.values()) - min(rates.values())  # noqa: E731
+    assert spread(random_rates) > 0.4 and spread(balanced_rates) < spread(random_rates) / 2, (random_rates, balanced_rates)
+    assert all(0.35 < rate < 0.65 for rate in balanced_rates.values()), balanced_rates
+    grouped = grounded_questions(instances, per_image=4, seed=0, grouped=True, negatives="balanced")
+    for record in grouped:
+        answers = [t["value"] for t in record["conversations"][1::2]]
+        assert answers.count("Yes") == answers.count("No") >= 1
+    with pytest.raises(ValueError, match="negatives"):
+        grounded_questions(instances, negatives="popular")
+
+
 def test_one_record_per_image_joins_questions_then_caption():
     from lightning_modules.records import grounded_questions, join_per_image
 
