@@ -8,6 +8,7 @@
     grounding eval pope|chair|score|report    hallucination benchmarks (see `grounding eval -h`)
     grounding eval lmms-task  an lmms-eval task folder for a POPE question file (`--model grounded_vlm` plugin)
     grounding world build    procedural COCO-format world with a planted language prior (hallucination tests)
+    grounding align          stage-1 projector alignment from COCO instance masks (before `grounding fit`)
     grounding fit            Lightning fine-tuning of region tokens (LightningCLI; see --help there)
 
 The library (`grounding/`) has no argument parsing; this file is the only place that turns flags into configs.
@@ -170,11 +171,27 @@ def _cmd_demo(args) -> int:
     if args.world_images:
         from .world_demo import WorldDemoConfig
 
-        world = WorldDemoConfig(seed=args.world_seed, images=args.world_images, caption_images=args.caption_images,
+        world = WorldDemoConfig(seed=args.world_seed, split=args.world_split, images=args.world_images,
+                                caption_images=args.caption_images,
                                 methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                                 world_config=args.world_config, device=args.device, bootstrap=args.bootstrap)
     run_demo(out_dir=Path(args.out), num_images=args.num_images, short_side=args.short_side, device=args.device,
              world=world)
+    return 0
+
+
+def _cmd_align(args) -> int:
+    from lightning_modules.align import AlignConfig, align_projector
+
+    for path in (args.images, args.instances):
+        if not Path(path).exists():
+            print(f"grounding align: error: {path} does not exist", file=sys.stderr)
+            return 2
+    stats = align_projector(args.vlm, args.images, args.instances, args.out, args.image_size,
+                            AlignConfig(epochs=args.epochs, max_images=args.max_images), device=args.device)
+    print(f"aligned the projector on {stats['images']} images ({stats['grid']}x{stats['grid']} patches) in "
+          f"{stats['seconds']} s: patch accuracy {stats['patch_accuracy']:.3f}, object patches "
+          f"{stats['object_patch_accuracy']} -> {args.out}")
     return 0
 
 
@@ -219,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--world-images", type=nonnegative_int, default=8,
                        help="test-world images (0: skip the world part)")
     group.add_argument("--world-seed", type=int, default=1)
+    group.add_argument("--world-split", choices=["test", "val"], default="test",
+                       help="val: check settings on a val world (use another --world-seed), never on the test split")
     group.add_argument("--world-config", default=None, help="a world config YAML (default: the shipped defaults)")
     group.add_argument("--caption-images", type=nonnegative_int, default=4, help="images captioned for CHAIR")
     group.add_argument("--methods", default="baseline,highlight,masked-contrast,vcd,region-tokens")
@@ -257,6 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_world_command(commands)
     add_descriptors_command(commands, "cuda" if _cuda() else "cpu")
+
+    p = commands.add_parser("align", help="stage-1: fit a LLaVA projector to COCO instance masks (then `fit` with "
+                                          "--model.projector_init=OUT)")
+    p.add_argument("--vlm", required=True, help="LLaVA-style VLM (hub name or folder) whose projector is fitted")
+    p.add_argument("--images", required=True, help="image folder")
+    p.add_argument("--instances", required=True, help="COCO instances JSON with masks")
+    p.add_argument("--out", required=True, help="projector weights to write (.safetensors; stats beside it, .json)")
+    p.add_argument("--image-size", type=positive_int, default=None, help="square VLM input size (default: processor's)")
+    p.add_argument("--epochs", type=positive_int, default=6)
+    p.add_argument("--max-images", type=positive_int, default=None)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.set_defaults(func=_cmd_align)
 
     p = commands.add_parser("fit", help="LightningCLI fine-tuning of region tokens", add_help=False)
     p.set_defaults(func=None)

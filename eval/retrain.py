@@ -1,6 +1,7 @@
 """`grounding demo --retrain`: rebuild the shipped world-llava and region-token weights from scratch.
 
-1. world-llava: generate the world's train split (`TRAIN_WORLD`), run `grounding fit` with
+1. world-llava: generate the world's train split (`TRAIN_WORLD`), align the projector to its instance masks
+   (`lightning_modules.align`, stage 1), run `grounding fit` with
    configs/train/world_llava.yaml (projector + LoRA on the LLaVA-shaped DINOv2-S/14 + SmolLM2-135M), store the
    exported peft adapter in bf16 under grounding/data/world_llava with a recipe.json (image size, steps, time),
    and rebuild the `world-llava` asset from it.
@@ -71,6 +72,7 @@ def retrain(work: str | Path, only: str | None = None, train_images: int | None 
     """
     from grounding import assets
     from grounding.world import build_world
+    from lightning_modules.align import align_projector
 
     work = Path(work)
     data = Path(__file__).resolve().parents[1] / "grounding" / "data"
@@ -86,8 +88,16 @@ def retrain(work: str | Path, only: str | None = None, train_images: int | None 
                  f"--data.captions={world / 'annotations' / 'captions.json'}"]
     records = {}
     if only in (None, "world-llava"):
-        seconds = _fit(_config("world_llava_gpu.yaml" if gpu else "world_llava.yaml"), work / "world_llava",
-                       data_args + [f"--model.vlm={assets.build(assets.LLAVA)}"])
+        config = _config("world_llava_gpu.yaml" if gpu else "world_llava.yaml")
+        start = time.perf_counter()
+        aligned = work / "world_llava" / "projector_init.safetensors"
+        if not aligned.is_file():  # stage 1: the projector fitted to the train split's masks
+            align_projector(str(assets.build(assets.LLAVA)), world / "images", world / "annotations" / "instances.json",
+                            aligned, yaml.safe_load(config.read_text())["model"].get("image_size"),
+                            device="cuda" if gpu else "cpu")
+        align_seconds = time.perf_counter() - start
+        seconds = align_seconds + _fit(config, work / "world_llava", data_args + [
+            f"--model.vlm={assets.build(assets.LLAVA)}", f"--model.projector_init={aligned}"])
         target = data / "world_llava"
         shutil.rmtree(target, ignore_errors=True)
         package_adapter(work / "world_llava" / "adapter" / "lora", target)

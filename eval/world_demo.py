@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ POPE_SPLITS = ("random", "popular", "adversarial")
 @dataclass
 class WorldDemoConfig:
     seed: int = 1
+    split: Literal["test", "val"] = "test"  # val: a world to check settings on, leaving the test split untouched
     images: int = 8  # test-world images (POPE uses those with >= 3 objects)
     caption_images: int = 4
     methods: tuple[str, ...] = WORLD_METHODS
@@ -64,6 +66,8 @@ class WorldDemoConfig:
         self.methods = tuple(self.methods)
         if self.images < 1 or self.caption_images < 0:
             raise ValueError("images must be >= 1 and caption_images >= 0")
+        if self.split not in ("test", "val"):
+            raise ValueError(f"split must be 'test' or 'val', got {self.split!r}")
 
 
 def bootstrap_interval(statistic, groups: int, draws: int, seed: int = 0) -> tuple[float, float]:
@@ -86,10 +90,10 @@ def _world(out: Path, cfg: WorldDemoConfig) -> tuple[Path, dict]:
 
     folder = out / "world"
     world_config = WorldConfig.from_yaml(cfg.world_config) if cfg.world_config else WorldConfig()
-    wanted = {"seed": cfg.seed, "images": cfg.images, "split": "test", "config": world_config.to_dict()}
+    wanted = {"seed": cfg.seed, "images": cfg.images, "split": cfg.split, "config": world_config.to_dict()}
     stamp = folder / "demo_world.json"
     if not (stamp.is_file() and json.loads(stamp.read_text()) == wanted):
-        build_world(folder, cfg.seed, cfg.images, "test", world_config, overwrite=True)
+        build_world(folder, cfg.seed, cfg.images, cfg.split, world_config, overwrite=True)
         stamp.write_text(json.dumps(wanted, sort_keys=True))
     return folder, json.loads((folder / "annotations" / "instances.json").read_text())
 

@@ -7,7 +7,8 @@
   the model's dtype. Each rank loads it straight onto its own device (transformers' low-memory loading), except
   under FSDP, which shards it from the CPU.
 * `train_projector=True` also trains the VLM's own multimodal projector (in `modules_to_save`): what a LLaVA
-  whose projector is new (e.g. the embedded `world-llava`) needs.
+  whose projector is new (e.g. the embedded `world-llava`) needs. `projector_init` starts it from a stage-1
+  aligned projector (`lightning_modules.align`, safetensors) instead of the VLM's own.
 * Loss = the causal-LM loss on `labels` (-100 everywhere but answer tokens; see the data module), computed from
   the logits of the labelled positions only (`logits_to_keep`): the same number as the model's own loss, without
   projecting every image and prompt token onto the vocabulary.
@@ -75,6 +76,7 @@ class RegionTokensModule(L.LightningModule):
         image_size: int | None = None,
         dtype: str = "float32",
         gradient_checkpointing: bool = False,
+        projector_init: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -97,6 +99,8 @@ class RegionTokensModule(L.LightningModule):
         model, processor = load_vlm(self.hparams.vlm, self.hparams.dtype, self._load_device())
         if self.hparams.image_size:  # the VLM's input size (image tokens = (size / patch)^2)
             set_image_size(processor, self.hparams.image_size)
+        if self.hparams.projector_init:  # a stage-1 aligned projector (lightning_modules.align)
+            self._init_projector(model, self.hparams.projector_init)
         self.processor = processor
         grounding = RegionGrounding(self.regions_config)
         object.__setattr__(self, "grounding", grounding)  # kept out of the module tree: not wrapped, not saved
@@ -117,6 +121,22 @@ class RegionTokensModule(L.LightningModule):
         if stray:
             raise RuntimeError(f"unexpected trainable parameters: {stray[:5]}")
         self._shard()
+
+    @staticmethod
+    def _init_projector(model, path: str) -> None:
+        from safetensors.torch import load_file
+
+        from .align import projector_of
+
+        projector = projector_of(model)
+        state, own = load_file(str(Path(path).expanduser())), projector.state_dict()
+        if set(state) != set(own):
+            raise ValueError(f"{path} does not hold this VLM's projector weights: it has {sorted(state)}, the "
+                             f"projector {sorted(own)}")
+        try:
+            projector.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+        except RuntimeError as error:  # shapes
+            raise ValueError(f"{path} does not fit this VLM's projector: {error}") from error
 
     def _load_device(self) -> str:
         """Where the VLM is loaded: this rank's device (no host copy), or the CPU when FSDP shards it from there."""
