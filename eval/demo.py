@@ -152,7 +152,8 @@ def _write_report(out_dir: Path, records: list[dict], table: dict, complete: dic
 
         charts = bar_charts(world, out_dir)
         lines += ["## Hallucination world", "",
-                  f"world-llava on a test world generated with seed {world['world']['seed']} ({world['world']['images']} "
+                  f"world-llava on a {world['world'].get('split', 'test')} world generated with seed "
+                  f"{world['world']['seed']} ({world['world']['images']} "
                   f"images; planted pairs {', '.join(a + ' -> ' + b for a, b in world['world']['pairs'])}). "
                   "Each cell: value [95% bootstrap CI over images, or captions for CHAIR]. 'partner halluc.' counts "
                   "CHAIR's hallucinated mentions that are partner objects of a planted pair.", "",

@@ -101,7 +101,8 @@ def retrain(work: str | Path, only: str | None = None, train_images: int | None 
         target = data / "world_llava"
         shutil.rmtree(target, ignore_errors=True)
         package_adapter(work / "world_llava" / "adapter" / "lora", target)
-        records["world-llava"] = _recipe(target, work / "world_llava", seconds, train_world)
+        records["world-llava"] = _recipe(target, work / "world_llava", seconds, train_world,
+                                         alignment=json.loads(aligned.with_suffix(".json").read_text()))
         assets.build(assets.WORLD_LLAVA, force=True)
     if only in (None, "world-llava-regions"):
         seconds = _fit(_config("world_regions_gpu.yaml" if gpu else "world_regions.yaml"), work / "world_regions",
@@ -120,7 +121,7 @@ def retrain(work: str | Path, only: str | None = None, train_images: int | None 
     return records
 
 
-def _recipe(target: Path, run: Path, seconds: float, train_world: dict) -> dict:
+def _recipe(target: Path, run: Path, seconds: float, train_world: dict, alignment: dict | None = None) -> dict:
     """recipe.json beside the shipped weights: how they were made (config, world, time, final loss)."""
     config = yaml.safe_load(next(run.glob("**/config.yaml")).read_text())
     losses = []
@@ -133,5 +134,7 @@ def _recipe(target: Path, run: Path, seconds: float, train_world: dict) -> dict:
               else "cpu",
               "final_loss_mean_last_5_logs": round(sum(losses[-5:]) / max(1, len(losses[-5:])), 4) if losses else None,
               "config": config}
+    if alignment is not None:  # stage 1 (lightning_modules.align): its statistics; its time is in train_seconds
+        recipe["alignment"] = {k: v for k, v in alignment.items() if k != "vlm"}
     (target / "recipe.json").write_text(json.dumps(recipe, indent=2, sort_keys=True, default=str) + "\n")
     return recipe

@@ -148,6 +148,28 @@ def pope_table(splits: dict, answers: dict[str, str], draws: int) -> dict:
     return table
 
 
+def partner_trap(splits: dict, answers: dict[str, str], present: dict[str, set[str]], pairs: list) -> dict:
+    """The planted prior at the question level: over the distinct POPE questions whose answer is "no" (all splits),
+    the "yes" rate on an absent partner of an object in the image (fork present, knife asked) beside the "yes" rate
+    on every other absent object. A rate over no questions is None, never NaN."""
+    partner_of: dict[str, set[str]] = {}
+    for first, partner in pairs:
+        partner_of.setdefault(first, set()).add(partner)
+    counts = {"trap": [0, 0], "other": [0, 0]}  # [questions, "yes" answers]
+    seen = set()
+    for rows in splits.values():
+        for r in rows:
+            if r["label"] != "no" or r["key"] in seen:
+                continue
+            seen.add(r["key"])
+            trap = any(r["object"] in partner_of.get(o, ()) for o in present.get(r["image"], ()))
+            bucket = counts["trap" if trap else "other"]
+            bucket[0] += 1
+            bucket[1] += parse_answer(answers[r["key"]], "official") == "yes"
+    return {f"{name}_{field}": value for name, (n, yes) in counts.items()
+            for field, value in (("questions", n), ("yes", yes), ("yes_pct", round(100 * yes / n, 1) if n else None))}
+
+
 # ------------------------------------------------------------------ CHAIR with intervals
 def chair_table(per_caption: list[dict], partners: set[str], draws: int) -> dict:
     if not per_caption:
@@ -262,10 +284,16 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
     answered = run_methods(run, items, "question", lambda predictions: {"answered": sum("answer" in p for p in predictions)},
                            extra_config={"world": str(world)})
     pope = {}
+    present: dict[str, set[str]] = {}
+    names, files = ({c["id"]: c["name"] for c in instances["categories"]},
+                    {im["id"]: im["file_name"] for im in instances["images"]})
+    for ann in instances["annotations"]:
+        present.setdefault(files[ann["image_id"]], set()).add(names[ann["category_id"]])
     for method in cfg.methods:
         answers = _answers(out / "pope" / "runs" / method)
         pope[method] = pope_table(splits, answers, cfg.bootstrap)
         pope[method]["answered"] = answered.get(method, {}).get("answered")
+        pope[method]["partner_trap"] = partner_trap(splits, answers, present, pairs)
     timings["pope_s"] = round(time.perf_counter() - start, 1)
     examples = partner_examples(world, splits["adversarial"], partners, {m: _answers(out / "pope" / "runs" / m)
                                                                           for m in cfg.methods}, grounding_tower, cfg, out)
@@ -294,7 +322,8 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
                                 cfg.dinoseg_head)
     timings["discovery_s"] = round(time.perf_counter() - start, 1)
 
-    result = {"world": {"seed": cfg.seed, "images": cfg.images, "pairs": pairs, "folder": str(world)},
+    result = {"world": {"seed": cfg.seed, "split": cfg.split, "images": cfg.images, "pairs": pairs,
+                        "folder": str(world)},
               "pope": pope, "chair": chair, "discovery": discovery, "examples": examples, "timings": timings,
               **run_metadata({**asdict(cfg), "model": model, "tower": tower})}
     _check_finite(result)
@@ -376,13 +405,16 @@ def table_lines(result: dict) -> list[str]:
     lines = []
     pope, chair = result["pope"], result["chair"]
     methods = list(pope)
-    head = "| method | " + " | ".join(f"POPE {s} acc" for s in POPE_SPLITS) + " | adv. F1 | adv. yes % |"
+    head = ("| method | " + " | ".join(f"POPE {s} acc" for s in POPE_SPLITS) +
+            " | adv. F1 | adv. yes % | yes to absent partner | yes to other absent |")
     if chair:
         head += " CHAIR_s | CHAIR_i | recall | partner halluc. |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for m in methods:
         cells = [_cell(pope[m][s]["accuracy"]) for s in POPE_SPLITS]
         cells += [_cell(pope[m]["adversarial"]["f1"]), _cell(pope[m]["adversarial"]["yes_ratio"])]
+        trap = pope[m].get("partner_trap")
+        cells += [_rate(trap, "trap"), _rate(trap, "other")] if trap else ["-", "-"]
         if chair:
             cells += [_cell(chair[m]["chair_s"]), _cell(chair[m]["chair_i"]), _cell(chair[m]["recall"]),
                       str(chair[m]["hallucinated_partners"])]
@@ -391,6 +423,12 @@ def table_lines(result: dict) -> list[str]:
     for m, row in result["discovery"].items():
         lines.append(f"| {m} | {_cell(row['corloc'])} | {_cell(row['mask_iou'])} |")
     return lines
+
+
+def _rate(trap: dict, name: str) -> str:
+    if not trap[f"{name}_questions"]:
+        return "- (0 questions)"
+    return f"{trap[f'{name}_yes_pct']:.0f}% ({trap[f'{name}_yes']}/{trap[f'{name}_questions']})"
 
 
 def _cell(figure: dict) -> str:

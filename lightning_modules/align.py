@@ -97,7 +97,8 @@ def _features(model, processor, files: list[Path], batch: int) -> torch.Tensor:
     for i in range(0, len(files), batch):
         images = [load_image(f) for f in files[i : i + batch]]
         pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]  # (b, 3, S, S)
-        grid = (pixels.shape[-2] // config.vision_config.patch_size) * (pixels.shape[-1] // config.vision_config.patch_size)
+        patch = config.vision_config.patch_size
+        grid = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
         with torch.no_grad():
             hidden = tower(pixels.to(model.device, model.dtype), output_hidden_states=True).hidden_states[layer]
         out.append(hidden[:, -grid:].float().cpu())  # (b, grid^2, C): CLS and registers come first
@@ -175,7 +176,8 @@ def align_projector(vlm: str, image_root: str | Path, instances: str | Path, out
     objects = labels > 0
     stats = {"images": len(image_ids), "grid": grid, "image_size": side, "loss_per_epoch": history,
              "patch_accuracy": round(float((nearest == labels).float().mean()), 4),
-             "object_patch_accuracy": round(float((nearest == labels)[objects].float().mean()), 4) if objects.any() else None,
+             "object_patch_accuracy": (round(float((nearest == labels)[objects].float().mean()), 4)
+                                       if objects.any() else None),
              "object_patch_fraction": round(float(objects.float().mean()), 4), "config": asdict(cfg),
              "vlm": str(vlm), "seconds": round(time.perf_counter() - start, 1)}
     out = Path(out)

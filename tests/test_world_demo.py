@@ -44,6 +44,11 @@ def test_world_demo_reports_every_method_and_metric(tiny_models, tiny_reg_dir, t
                 value, (low, high) = row[metric]["value"], row[metric]["ci95"]
                 assert math.isfinite(value) and low <= value + 1e-6 and value <= high + 1e-6, (method, split, metric)
             assert row["questions"] == 6 * row["images"] and row["images"] >= 1
+        trap = saved["pope"][method]["partner_trap"]
+        assert trap["trap_questions"] + trap["other_questions"] > 0
+        for name in ("trap", "other"):
+            n, yes, pct = trap[f"{name}_questions"], trap[f"{name}_yes"], trap[f"{name}_yes_pct"]
+            assert 0 <= yes <= n and (pct is None if n == 0 else pct == round(100 * yes / n, 1))
         for metric in ("chair_s", "chair_i", "recall"):
             assert math.isfinite(saved["chair"][method][metric]["value"])
         assert saved["chair"][method]["captions"] == 3
@@ -71,3 +76,29 @@ def test_bootstrap_interval_covers_the_mean_and_refuses_nothing_finite():
     low, high = bootstrap_interval(lambda s: values[s].mean(), len(values), 500)
     assert low < values.mean() < high and high - low < 1.5
     assert all(math.isnan(v) for v in bootstrap_interval(lambda s: float("nan"), 5, 10))
+
+
+def test_world_demo_checks_settings_on_a_val_world_not_the_test_split(tmp_path):
+    from eval.world_demo import _world
+
+    with pytest.raises(ValueError, match="split"):
+        WorldDemoConfig(split="train")
+    folder, instances = _world(tmp_path, WorldDemoConfig(seed=2, images=2, split="val"))
+    assert json.loads((folder / "world.json").read_text())["split"] == "val" and len(instances["images"]) == 2
+    assert json.loads((folder / "demo_world.json").read_text())["split"] == "val"
+
+
+def test_partner_trap_counts_yes_to_absent_partners_apart_from_other_absent_objects():
+    from eval.world_demo import partner_trap
+
+    rows = [{"key": "a|knife", "image": "a", "object": "knife", "label": "no"},  # fork present: the trap
+            {"key": "a|bus", "image": "a", "object": "bus", "label": "no"},
+            {"key": "a|fork", "image": "a", "object": "fork", "label": "yes"},  # positives are not counted
+            {"key": "b|knife", "image": "b", "object": "knife", "label": "no"}]  # no fork in b: not a trap
+    splits = {"random": rows, "adversarial": rows[:1]}  # the same question in two splits counts once
+    answers = {"a|knife": "Yes, there is.", "a|bus": "No", "a|fork": "Yes", "b|knife": "yes"}
+    trap = partner_trap(splits, answers, {"a": {"fork"}, "b": {"bus"}}, [["fork", "knife"]])
+    assert trap == {"trap_questions": 1, "trap_yes": 1, "trap_yes_pct": 100.0,
+                    "other_questions": 2, "other_yes": 1, "other_yes_pct": 50.0}
+    empty = partner_trap({"random": rows[1:2]}, answers, {"a": {"fork"}}, [["fork", "knife"]])
+    assert empty["trap_questions"] == 0 and empty["trap_yes_pct"] is None
