@@ -3,6 +3,7 @@
     python benchmarks/object_dino.py                          # CPU: ViT-S/14 and ViT-B/14, batch 8 and 32
     python benchmarks/object_dino.py --device cuda --dtype bfloat16 --batches 32
     python benchmarks/object_dino.py --discovery              # also tower + discovery (TokenCut, k 12)
+    python benchmarks/object_dino.py --bf16-similarity        # also the library with bf16 similarities (inexact)
 
 Random weights of the real shapes (DINOv2 with 4 registers, 12 layers), 224 x 224 inputs. Three pipelines run
 side by side, in rounds (each round times every pipeline once; the table takes each one's median over rounds),
@@ -152,6 +153,8 @@ def main() -> None:
     parser.add_argument("--shapes", default="ViT-S/14,ViT-B/14")
     parser.add_argument("--no-release", action="store_true", help="skip the release-style pipeline")
     parser.add_argument("--discovery", action="store_true", help="also time tower + discovery (TokenCut, k 12)")
+    parser.add_argument("--bf16-similarity", action="store_true",
+                        help="also time the library with ObjectDINO(similarity_dtype='bfloat16') (inexact, faster)")
     parser.add_argument("--clock", choices=["auto", "process", "wall"], default="auto",
                         help="process: this process's CPU seconds (all its threads), unmoved by other jobs on a shared "
                              "CPU; wall: elapsed seconds (what a GPU needs); auto: process on CPU, wall on GPU")
@@ -168,6 +171,7 @@ def main() -> None:
         model.set_attn_implementation("sdpa")
         tower = RegisterViT(model, TowerConfig(device=args.device, dtype=args.dtype), "hf")
         maps, discovery = ObjectDINO(k=5), ObjectDINO(k=12)
+        maps_bf16 = ObjectDINO(k=5, similarity_dtype="bfloat16")
         release = None if args.no_release else ReleasePipeline(model, tower.num_prefix_tokens)
         for batch in (int(b) for b in args.batches.split(",")):
             pixels = torch.randn(batch, 3, args.size, args.size, device=args.device, dtype=dtype)
@@ -180,6 +184,8 @@ def main() -> None:
             if release is not None:
                 pipelines["bare1"] = lambda p=pixels[:1]: bare(p)
                 pipelines["release"] = lambda p=pixels: release(p)
+            if args.bf16_similarity:
+                pipelines["library_bf16"] = lambda p=pixels: maps_bf16.object_maps(tower(p))
             if args.discovery:
                 from grounding.discovery import discover
 
@@ -192,6 +198,8 @@ def main() -> None:
     header = "| shape | batch | bare tower img/s | library tower+maps img/s | maps share of tower |"
     if not args.no_release:
         header += " release-style img/s | library / release (end to end) | release / library overhead |"
+    if args.bf16_similarity:
+        header += " tower+maps, bf16 similarity img/s | maps share, bf16 similarity |"
     if args.discovery:
         header += " tower+discovery img/s |"
     print(header)
@@ -203,6 +211,8 @@ def main() -> None:
             release_overhead = t["release"] - batch * t["bare1"]
             line += (f" {batch / t['release']:.1f} | {t['release'] / t['library']:.1f}x |"
                      f" {release_overhead / max(overhead, 1e-9):.1f}x |")
+        if "library_bf16" in t:
+            line += f" {batch / t['library_bf16']:.1f} | {100 * (t['library_bf16'] - t['bare']) / t['bare']:.0f}% |"
         if "discovery" in t:
             line += f" {batch / t['discovery']:.2f} |"
         print(line)

@@ -44,6 +44,7 @@ class ObjectDINOConfig:
     map_layers: Literal["final", "all"] = "final"
     threshold: float = 0.6
     chunk_elements: int | None = None  # similarity entries per chunk (None: by device, see default_chunk_elements)
+    similarity_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: inexact, faster (see head_descriptors)
     tokencut_tau: float = -0.35
     tokencut_eps: float = 1e-5
 
@@ -51,6 +52,8 @@ class ObjectDINOConfig:
         self.facets = tuple(self.facets)
         if not self.facets or set(self.facets) - {"q", "k", "v"}:
             raise ValueError(f"facets must be a non-empty subset of q, k, v; got {self.facets}")
+        if self.similarity_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"similarity_dtype must be 'float32' or 'bfloat16', got {self.similarity_dtype!r}")
         if self.k < 1 or self.restarts < 1:
             raise ValueError(f"k and restarts must be >= 1 (got k={self.k}, restarts={self.restarts})")
 
@@ -86,12 +89,16 @@ def default_chunk_elements(device: torch.device | str) -> int:
     return 1 << 18 if torch.device(device).type == "cpu" else 1 << 26
 
 
-def head_descriptors(out: TowerOutput, facets=("q", "k", "v"), chunk_elements: int | None = None) -> torch.Tensor:
+def head_descriptors(out: TowerOutput, facets=("q", "k", "v"), chunk_elements: int | None = None,
+                     similarity_dtype: str = "float32") -> torch.Tensor:
     """(B, L*H, N): column mean of mean_f row_softmax(cos_f / sqrt(d)), chunked over (layer, image, head).
 
     Per chunk of c heads, on a (c, N, N) block small enough to stay in cache (never the whole (L*H, N, N)
     stack): L2-normalise the chunk's tokens, one batched matmul with the 1/sqrt(d) scale folded in, one
-    softmax, one column sum."""
+    softmax, one column sum. similarity_dtype="bfloat16" runs the matmul on bf16 copies of the normalised
+    tokens (fp32 accumulation and softmax): the matmul is most of the maps' work, and bf16 runs it several times
+    faster on CPUs with AVX-512 BF16 and on GPUs, at ~1e-3 relative error in each cosine; the parity with the
+    reference holds for float32 only."""
     layers, batch, heads = out.q.shape[:3]
     tokens, dim = out.q.shape[-2] - out.num_prefix_tokens, out.q.shape[-1]
     budget = chunk_elements or default_chunk_elements(out.q.device)
@@ -100,7 +107,11 @@ def head_descriptors(out: TowerOutput, facets=("q", "k", "v"), chunk_elements: i
         x = out.patches(getattr(out, facet)).flatten(0, 2)  # (L*B*H, N, d), a view
         for part in _chunks(x.shape[0], tokens * tokens, budget):
             chunk = F.normalize(x[part].float(), dim=-1)  # (c, N, d)
-            logits = torch.baddbmm(chunk.new_empty(()), chunk, chunk.transpose(1, 2), beta=0, alpha=dim**-0.5)  # (c, N, N)
+            if similarity_dtype == "bfloat16":
+                low = chunk.to(torch.bfloat16)
+                logits = torch.bmm(low, low.transpose(1, 2)).float().mul_(dim**-0.5)  # (c, N, N)
+            else:
+                logits = torch.baddbmm(chunk.new_empty(()), chunk, chunk.transpose(1, 2), beta=0, alpha=dim**-0.5)
             total[part] += torch.softmax(logits, dim=-1).sum(dim=-2)  # (c, N) column sums
     total /= len(facets) * tokens
     return total.view(layers, batch, heads, tokens).transpose(0, 1).reshape(batch, layers * heads, tokens)
@@ -139,7 +150,7 @@ class ObjectDINO:
         cfg = self.config
         layers, batch, heads = out.q.shape[:3]
         h, w = out.grid
-        descriptors = head_descriptors(out, cfg.facets, cfg.chunk_elements)  # (B, L*H, N)
+        descriptors = head_descriptors(out, cfg.facets, cfg.chunk_elements, cfg.similarity_dtype)  # (B, L*H, N)
         if cfg.k > layers * heads:
             raise ValueError(f"k={cfg.k} exceeds the number of heads {layers}x{heads}")
         result = kmeans(standardise(descriptors), cfg.k, cfg.restarts, cfg.max_iter, seed=cfg.seed)

@@ -9,7 +9,7 @@ from grounding import ObjectDINO, RegisterViT
 from grounding.capture import find_projections
 from grounding.discovery import discover
 from grounding.kmeans import kmeans
-from grounding.object_dino import head_descriptors, object_cluster_of, standardise
+from grounding.object_dino import ObjectDINOConfig, head_descriptors, object_cluster_of, standardise
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,18 @@ def test_head_descriptors_equal_per_head_reference(tower_out):
                     mix = mix + torch.softmax(x @ x.T / math.sqrt(x.shape[-1]), dim=-1)
                 expected = (mix / 3).mean(0)
                 torch.testing.assert_close(got[b, layer * heads + head].double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_similarities_stay_close_to_the_exact_descriptors(tower_out):
+    exact = head_descriptors(tower_out)
+    fast = head_descriptors(tower_out, similarity_dtype="bfloat16")
+    assert fast.dtype == exact.dtype == torch.float32 and fast.shape == exact.shape
+    # each cosine is off by at most ~2^-8; the column means of the softmax move far less than their spread
+    spread = (exact - exact.mean(-1, keepdim=True)).abs().mean()
+    assert (fast - exact).abs().max() < 0.05 * spread and not torch.equal(fast, exact)
+    assert ObjectDINO(k=2, similarity_dtype="bfloat16").analyse(tower_out).maps.isfinite().all()
+    with pytest.raises(ValueError, match="similarity_dtype"):
+        ObjectDINOConfig(similarity_dtype="float16")
 
 
 def test_standardise_matches_population_formula():
