@@ -23,6 +23,8 @@ the captions and questions of the second stage.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import time
@@ -131,7 +133,8 @@ def align_projector(vlm: str, image_root: str | Path, instances: str | Path, out
         data = json.load(handle)
     coco = COCO()
     coco.dataset = data
-    coco.createIndex()
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its indexing steps
+        coco.createIndex()
     categories = sorted(coco.getCatIds())
     index = {c: i + 1 for i, c in enumerate(categories)}
     image_ids = sorted(coco.getImgIds())[: cfg.max_images]
