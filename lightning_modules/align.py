@@ -12,8 +12,8 @@ captions, the instance masks, so this stage gives the projector a direct target 
 * target: the language model's input embedding of " <category name>" (mean over its tokens), " background" for
   background patches;
 * loss: squared error, object patches weighted `object_weight` (they are ~1/5 of all patches);
-* features: exactly what the VLM feeds its projector (hidden state `vision_feature_layer` of the tower, its last
-  grid^2 tokens: CLS and registers dropped), computed once with the frozen tower.
+* features: exactly what the VLM feeds its projector (hidden state `vision_feature_layer` of the tower, CLS dropped
+  under the "default" selection strategy; they must be one token per patch), computed once with the frozen tower.
 
 The result is the projector's state dict (safetensors) for `RegionTokensModule(projector_init=...)`, which then
 trains projector and LoRA on captions and questions as before. Nothing about the answers is given away: the
@@ -103,7 +103,11 @@ def _features(model, processor, files: list[Path], batch: int) -> torch.Tensor:
         grid = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
         with torch.no_grad():
             hidden = tower(pixels.to(model.device, model.dtype), output_hidden_states=True).hidden_states[layer]
-        out.append(hidden[:, -grid:].float().cpu())  # (b, grid^2, C): CLS and registers come first
+        selected = hidden[:, 1:] if config.vision_feature_select_strategy == "default" else hidden  # as LLaVA does
+        if selected.shape[1] != grid:
+            raise ValueError(f"the projector receives {selected.shape[1]} tokens per image, not one per patch "
+                             f"({grid}): alignment supports towers whose selected features are the patch grid")
+        out.append(selected.float().cpu())  # (b, grid^2, C)
     return torch.cat(out)
 
 
