@@ -183,10 +183,6 @@ def _cmd_demo(args) -> int:
 def _cmd_align(args) -> int:
     from lightning_modules.align import AlignConfig, align_projector
 
-    for path in (args.images, args.instances):
-        if not Path(path).exists():
-            print(f"grounding align: error: {path} does not exist", file=sys.stderr)
-            return 2
     stats = align_projector(args.vlm, args.images, args.instances, args.out, args.image_size,
                             AlignConfig(epochs=args.epochs, max_images=args.max_images), device=args.device)
     print(f"aligned the projector on {stats['images']} images ({stats['grid']}x{stats['grid']} patches) in "

@@ -90,14 +90,14 @@ def retrain(work: str | Path, only: str | None = None, train_images: int | None 
     if only in (None, "world-llava"):
         config = _config("world_llava_gpu.yaml" if gpu else "world_llava.yaml")
         start = time.perf_counter()
+        base = assets.build(assets.LLAVA)
         aligned = work / "world_llava" / "projector_init.safetensors"
         if not aligned.is_file():  # stage 1: the projector fitted to the train split's masks
-            align_projector(str(assets.build(assets.LLAVA)), world / "images", world / "annotations" / "instances.json",
-                            aligned, yaml.safe_load(config.read_text())["model"].get("image_size"),
-                            device="cuda" if gpu else "cpu")
+            align_projector(str(base), world / "images", world / "annotations" / "instances.json", aligned,
+                            yaml.safe_load(config.read_text())["model"].get("image_size"), device="cuda" if gpu else "cpu")
         align_seconds = time.perf_counter() - start
         seconds = align_seconds + _fit(config, work / "world_llava", data_args + [
-            f"--model.vlm={assets.build(assets.LLAVA)}", f"--model.projector_init={aligned}"])
+            f"--model.vlm={base}", f"--model.projector_init={aligned}"])
         target = data / "world_llava"
         shutil.rmtree(target, ignore_errors=True)
         package_adapter(work / "world_llava" / "adapter" / "lora", target)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .benchmarks import CAPTION_PROMPT, PopeBenchmark, score_captions
-from .pope import build_pope, parse_answer
+from .pope import build_pope, objects_per_image, parse_answer
 from .records import run_metadata, write_json
 from .runner import Item, RunConfig, run_methods
 
@@ -284,11 +284,8 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
     answered = run_methods(run, items, "question", lambda predictions: {"answered": sum("answer" in p for p in predictions)},
                            extra_config={"world": str(world)})
     pope = {}
-    present: dict[str, set[str]] = {}
-    names, files = ({c["id"]: c["name"] for c in instances["categories"]},
-                    {im["id"]: im["file_name"] for im in instances["images"]})
-    for ann in instances["annotations"]:
-        present.setdefault(files[ann["image_id"]], set()).add(names[ann["category_id"]])
+    files = {im["id"]: im["file_name"] for im in instances["images"]}
+    present = {files[i]: set(objects) for i, objects in objects_per_image(instances).items()}
     for method in cfg.methods:
         answers = _answers(out / "pope" / "runs" / method)
         pope[method] = pope_table(splits, answers, cfg.bootstrap)

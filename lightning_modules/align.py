@@ -117,11 +117,18 @@ def align_projector(vlm: str, image_root: str | Path, instances: str | Path, out
     from pycocotools.coco import COCO
     from safetensors.torch import save_file
 
+    from eval.records import read_json
     from eval.runner import load_vlm
     from grounding.assets import set_image_size
 
     cfg = config or AlignConfig()
     start = time.perf_counter()
+    if not Path(image_root).is_dir():  # bad input fails before the model loads
+        raise FileNotFoundError(f"image folder {image_root} does not exist")
+    coco = COCO()
+    coco.dataset = read_json(instances, "instances file", keys=("images", "annotations", "categories"))
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its indexing steps
+        coco.createIndex()
     model, processor = load_vlm(vlm, "float32", device)
     if image_size:
         set_image_size(processor, image_size)
@@ -133,12 +140,6 @@ def align_projector(vlm: str, image_root: str | Path, instances: str | Path, out
                          f"size={size}, do_center_crop={getattr(image_processor, 'do_center_crop', None)}")
     side = size["height"]
     grid = side // model.config.vision_config.patch_size
-    with open(instances) as handle:  # COCO() prints; load it quietly ourselves
-        data = json.load(handle)
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its indexing steps
-        coco.createIndex()
     categories = sorted(coco.getCatIds())
     index = {c: i + 1 for i, c in enumerate(categories)}
     image_ids = sorted(coco.getImgIds())[: cfg.max_images]
