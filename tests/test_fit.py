@@ -1,7 +1,6 @@
 """`grounding fit` end to end on CPU: tiny random LLaVA, generated COCO data, LoRA + region projector."""
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,29 +10,13 @@ import yaml
 from PIL import Image
 
 from eval.cli import main
-from tiny_vlm import make_tiny_llava
+from tiny_vlm import make_tiny_llava, write_fit_set
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_reg_dir):
     root = tmp_path_factory.mktemp("fit")
-    model, processor = make_tiny_llava()
-    model.save_pretrained(root / "vlm")
-    processor.save_pretrained(root / "vlm")
-    (root / "images").mkdir()
-    names = ["person", "dog", "cat", "car", "chair", "cup", "pizza", "bus"]
-    rng = np.random.default_rng(0)
-    images, annotations = [], []
-    for image_id in range(1, 5):
-        name = f"{image_id}.jpg"
-        Image.fromarray((rng.random((40, 56, 3)) * 255).astype(np.uint8)).save(root / "images" / name)
-        images.append({"id": image_id, "file_name": name})
-        for obj in rng.choice(names, 3, replace=False):
-            annotations.append({"image_id": image_id, "category_id": names.index(obj) + 1})
-    images.append({"id": 99, "file_name": "missing.jpg"})  # a bad record: skipped with a count
-    annotations.append({"image_id": 99, "category_id": 1})
-    (root / "instances.json").write_text(json.dumps(
-        {"images": images, "annotations": annotations, "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}))
+    write_fit_set(root, num_images=4)
     config = {
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 6, "enable_progress_bar": True,

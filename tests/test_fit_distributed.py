@@ -16,13 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
 
-from tiny_vlm import make_tiny_llava
+from tiny_vlm import write_fit_set
 
 ROOT = Path(__file__).parents[1]
 STEPS = 6  # of 9 per epoch (36 records, 2 ranks x 2 rows): mid-epoch; checkpoints at steps 3 and 6
@@ -31,23 +30,7 @@ STEPS = 6  # of 9 per epoch (36 records, 2 ranks x 2 rows): mid-epoch; checkpoin
 @pytest.fixture(scope="module")
 def fit_root(tmp_path_factory, tiny_reg_dir):
     root = tmp_path_factory.mktemp("fit2")
-    model, processor = make_tiny_llava()
-    model.save_pretrained(root / "vlm")
-    processor.save_pretrained(root / "vlm")
-    (root / "images").mkdir()
-    names = ["person", "dog", "cat", "car", "chair", "cup", "pizza", "bus"]
-    rng = np.random.default_rng(0)
-    images, annotations = [], []
-    for image_id in range(1, 7):
-        name = f"{image_id}.jpg"
-        Image.fromarray((rng.random((40, 56, 3)) * 255).astype(np.uint8)).save(root / "images" / name)
-        images.append({"id": image_id, "file_name": name})
-        for obj in rng.choice(names, 3, replace=False):
-            annotations.append({"image_id": image_id, "category_id": names.index(obj) + 1})
-    images.append({"id": 99, "file_name": "missing.jpg"})
-    annotations.append({"image_id": 99, "category_id": 1})
-    (root / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": [
-        {"id": i + 1, "name": n} for i, n in enumerate(names)]}))
+    write_fit_set(root, num_images=6)
     (root / "tower.txt").write_text(tiny_reg_dir)
     return root
 

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tiny_vlm import make_tiny_llava
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("lmms_eval") is None,
                                 reason="lmms-eval is not installed (pip install 'vlm-grounding[lmms]'; "
@@ -22,15 +21,6 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("lmms_eval") is None,
 
 ROOT = Path(__file__).parents[1]
 OPTIONS = {"object_dino": {"k": 2, "restarts": 2}}
-
-
-@pytest.fixture(scope="module")
-def vlm_dir(tmp_path_factory):
-    model, processor = make_tiny_llava()
-    directory = tmp_path_factory.mktemp("tiny_llava")
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return str(directory)
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +52,12 @@ def _entry_point_path(tmp_path: Path) -> list[str]:
     return [str(info.parent)]
 
 
-def test_lmms_eval_cli_answers_equal_the_runner(vlm_dir, tiny_reg_dir, pope, tmp_path):
+def test_lmms_eval_cli_answers_equal_the_runner(tiny_llava_dir, tiny_reg_dir, pope, tmp_path):
     from eval.cli import main
     from eval.lmms_pope import lmms_eval_pope_scores, write_pope_task
 
     task = write_pope_task(pope / "questions.jsonl", pope / "images", tmp_path / "tasks", max_new_tokens=6)
-    model_args = (f"pretrained={vlm_dir},method=highlight,tower={tiny_reg_dir},tower_short_side=32,device=cpu,"
+    model_args = (f"pretrained={tiny_llava_dir},method=highlight,tower={tiny_reg_dir},tower_short_side=32,device=cpu,"
                   f"method_options={json.dumps(OPTIONS, separators=(',', ':'))}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *_entry_point_path(tmp_path)]),
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
@@ -82,7 +72,7 @@ def test_lmms_eval_cli_answers_equal_the_runner(vlm_dir, tiny_reg_dir, pope, tmp
     lmms_answers = {s["pope_accuracy"]["question_id"]: s["filtered_resps"] for s in samples}
     assert len(lmms_answers) == 6
 
-    assert main(["eval", "pope", "--model", vlm_dir, "--images", str(pope / "images"), "--questions",
+    assert main(["eval", "pope", "--model", tiny_llava_dir, "--images", str(pope / "images"), "--questions",
                  str(pope / "questions.jsonl"), "--methods", "highlight", "--tower", tiny_reg_dir,
                  "--tower-short-side", "32", "--method-options", json.dumps({"highlight": OPTIONS}),
                  "--batch-size", "2", "--max-new-tokens", "6", "--device", "cpu", "--out", str(tmp_path / "ours")]) == 0

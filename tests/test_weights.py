@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from grounding import RegisterViT, WeightsNotFoundError
-from tiny_vlm import make_tiny_llava
 
 ROOT = Path(__file__).parents[1]
 
@@ -45,19 +44,10 @@ def _fake_cache(hf_home: Path, repo_id: str, source: str) -> None:
     (repo / "refs" / "main").write_text(commit)
 
 
-@pytest.fixture(scope="module")
-def vlm_dir(tmp_path_factory):
-    model, processor = make_tiny_llava()
-    directory = tmp_path_factory.mktemp("vlm")
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return str(directory)
-
-
-def test_unreachable_hub_fails_fast_and_cache_is_used(tmp_path, tiny_reg_dir, vlm_dir):
+def test_unreachable_hub_fails_fast_and_cache_is_used(tmp_path, tiny_reg_dir, tiny_llava_dir):
     hf_home = tmp_path / "hf"
     _fake_cache(hf_home, "acme/cached-tower", tiny_reg_dir)
-    _fake_cache(hf_home, "acme/cached-vlm", vlm_dir)
+    _fake_cache(hf_home, "acme/cached-vlm", tiny_llava_dir)
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE")}
     env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(hf_home), PYTHONPATH=str(ROOT))
     cases = [("tower", "acme/no-such-tower"), ("vlm", "acme/no-such-vlm"), ("tower", "/that/path"),

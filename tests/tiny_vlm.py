@@ -86,3 +86,34 @@ def photos(n: int = 2, seed: int = 0) -> list:
     rng = np.random.default_rng(seed)
     sizes = [(40, 60), (50, 30), (36, 36)]
     return [Image.fromarray((rng.random((*sizes[i % 3], 3)) * 255).astype(np.uint8)) for i in range(n)]
+
+
+FIT_OBJECTS = ["person", "dog", "cat", "car", "chair", "cup", "pizza", "bus"]
+
+
+def write_fit_set(root, num_images: int) -> None:
+    """What the fit tests train on, under `root`: a tiny LLaVA (vlm/), `num_images` random images (images/) and
+    instances.json with 3 objects per image plus one record whose image is missing (skipped with a count)."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    model, processor = make_tiny_llava()
+    model.save_pretrained(root / "vlm")
+    processor.save_pretrained(root / "vlm")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for image_id in range(1, num_images + 1):
+        name = f"{image_id}.jpg"
+        Image.fromarray((rng.random((40, 56, 3)) * 255).astype(np.uint8)).save(root / "images" / name)
+        images.append({"id": image_id, "file_name": name})
+        for obj in rng.choice(FIT_OBJECTS, 3, replace=False):
+            annotations.append({"image_id": image_id, "category_id": FIT_OBJECTS.index(obj) + 1})
+    images.append({"id": 99, "file_name": "missing.jpg"})  # a bad record: skipped with a count
+    annotations.append({"image_id": 99, "category_id": 1})
+    (root / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": [
+        {"id": i + 1, "name": n} for i, n in enumerate(FIT_OBJECTS)]}))
