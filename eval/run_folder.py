@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from grounding.weights import lora_adapter
+
 from .records import is_skip, write_json
 
 __all__ = ["fingerprint", "item_digest", "weights_identity", "SettingsMismatch", "check_records", "save_settings",
@@ -65,7 +67,9 @@ def weights_identity(name: str | None) -> str | None:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*")
                                                  if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
     stats = [(str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return f"{path}:{fingerprint({'files': stats})}"
+    identity = f"{path}:{fingerprint({'files': stats})}"
+    adapter = lora_adapter(path)
+    return f"{identity}+{weights_identity(adapter[1])}" if adapter else identity  # a LoRA is nothing without its base
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:

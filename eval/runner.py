@@ -102,11 +102,15 @@ class RunConfig:
 
 
 def load_vlm(name: str, dtype: str, device: str):
-    """An HF image-text-to-text model and its processor, from a hub name or a local directory."""
-    from grounding.weights import missing_weights, resolve_weights
+    """An HF image-text-to-text model and its processor, from a hub name or a local directory.
 
+    A peft LoRA folder (a `grounding fit` export's lora/) loads its base model (the adapter's
+    base_model_name_or_path) and processor with the adapter merged into the weights, in `dtype`."""
+    from grounding.weights import lora_adapter, missing_weights, resolve_weights
+
+    adapter = lora_adapter(name)
     # a local directory, the cache's snapshot, or the hub id: fails fast (and clearly) when none can be had
-    name = resolve_weights(name, "VLM")
+    name = resolve_weights(adapter[1] if adapter else name, "VLM")
     from huggingface_hub.errors import HFValidationError
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -115,6 +119,10 @@ def load_vlm(name: str, dtype: str, device: str):
         model = AutoModelForImageTextToText.from_pretrained(name, dtype=getattr(torch, dtype)).to(device).eval()
     except (OSError, HFValidationError) as error:
         raise missing_weights(name, "VLM", f"loading failed ({type(error).__name__}: {error})") from error
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter[0])).merge_and_unload().eval()
     return model, processor
 
 

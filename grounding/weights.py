@@ -11,14 +11,19 @@ minutes of download retries.
 * a hub id otherwise: one quick request to the hub endpoint (`timeout` seconds, no retries). Reachable: the
   hub id (transformers downloads or refreshes as usual). Unreachable: the cached snapshot directory if there
   is one, else `WeightsNotFoundError` naming the model and how to supply it.
+
+`lora_adapter(name)` tells a peft LoRA folder (a `grounding fit` export's ``lora/``: adapter_config.json and
+adapter weights, no config.json) from a checkpoint, and names its base model, so loaders can merge it in.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-__all__ = ["WeightsNotFoundError", "resolve_weights", "hub_reachable", "cached_snapshot", "missing_weights"]
+__all__ = ["WeightsNotFoundError", "resolve_weights", "lora_adapter", "hub_reachable", "cached_snapshot",
+           "missing_weights"]
 
 _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of boolean environment variables
 
@@ -73,6 +78,22 @@ def missing_weights(name: str, what: str, reason: str) -> WeightsNotFoundError:
         "and pass DIR as the model, or fill the Hugging Face cache (HF_HOME) there, copy it here and set "
         "HF_HUB_OFFLINE=1."
     )
+
+
+def lora_adapter(name: str | os.PathLike) -> tuple[Path, str] | None:
+    """(adapter folder, its base model) when `name` is a local peft adapter folder without a config.json; else None."""
+    local = Path(str(name)).expanduser()
+    if not local.is_dir() or (local / "config.json").is_file() or not (local / "adapter_config.json").is_file():
+        return None
+    try:
+        base = json.loads((local / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as error:
+        raise WeightsNotFoundError(f"cannot read the LoRA adapter {local}: adapter_config.json is not valid JSON "
+                                   f"({error})") from error
+    if not base or not isinstance(base, str):
+        raise WeightsNotFoundError(f"{local} is a LoRA adapter without its base model (adapter_config.json has no "
+                                   "base_model_name_or_path): set it to the base model's directory or hub name")
+    return local, base
 
 
 def resolve_weights(name: str | os.PathLike, what: str = "model", timeout: float = 3.0) -> str:

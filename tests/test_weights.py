@@ -84,3 +84,40 @@ def test_directory_without_config_is_named(tmp_path):
     for load in (lambda: load_vlm(str(tmp_path), "float32", "cpu"), lambda: RegisterViT.from_pretrained(tmp_path)):
         with pytest.raises(WeightsNotFoundError, match=f"{tmp_path} is a directory but holds no config.json"):
             load()
+
+
+def test_lora_folder_loads_merged_onto_its_base(tiny_llava_dir, tmp_path):
+    """A `grounding fit` export's lora/ folder is a VLM for the eval CLI: its base with the adapter merged in."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from eval.run_folder import weights_identity
+    from eval.runner import load_vlm
+
+    torch.manual_seed(0)
+    base = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir, dtype=torch.float32)
+    lora = get_peft_model(base, LoraConfig(r=2, target_modules=r".*language_model.*\.(q_proj|v_proj)",
+                                           init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "lora")
+    config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == tiny_llava_dir  # peft records where the base came from
+
+    model, processor = load_vlm(str(tmp_path / "lora"), "float32", "cpu")
+    reference = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(tiny_llava_dir, dtype=torch.float32), tmp_path / "lora").eval()
+    plain = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    with torch.no_grad():
+        got, want, without = (m(input_ids=ids).logits for m in (model, reference, plain))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (got - without).abs().max() > 1e-3  # the adapter changed the model: it was merged, not dropped
+    assert processor is not None and not hasattr(model, "peft_config")  # a plain transformers model
+
+    # the run folder's identity of the adapter names its base too (a changed base must not reuse old answers)
+    assert weights_identity(str(tmp_path / "lora")).endswith("+" + weights_identity(tiny_llava_dir))
+
+    config["base_model_name_or_path"] = None
+    (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsNotFoundError, match="LoRA adapter without its base model"):
+        load_vlm(str(tmp_path / "lora"), "float32", "cpu")
