@@ -132,7 +132,8 @@ def _print_table(table: dict, complete: dict, count: int, out_dir: Path, world: 
     if world is not None:
         from .world_demo import table_lines
 
-        print(f"\nworld-llava on a generated test world (seed {world['world']['seed']}, {world['world']['images']} images; "
+        print(f"\nworld-llava on a generated {world['world'].get('split', 'test')} world (seed {world['world']['seed']}, "
+              f"{world['world']['images']} images; "
               "value [95% bootstrap CI]):\n")
         print("\n".join(table_lines(world)))
     print(f"\nreport: {out_dir / 'report.md'}")

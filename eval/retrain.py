@@ -95,14 +95,15 @@ def retrain(work: str | Path, only: str | None = None, train_images: int | None 
         if not aligned.is_file():  # stage 1: the projector fitted to the train split's masks
             align_projector(str(base), world / "images", world / "annotations" / "instances.json", aligned,
                             yaml.safe_load(config.read_text())["model"].get("image_size"), device="cuda" if gpu else "cpu")
-        align_seconds = time.perf_counter() - start
+        alignment = json.loads(aligned.with_suffix(".json").read_text())
+        # an alignment reused from an earlier run (same work folder) counts with the time it took then
+        align_seconds = max(time.perf_counter() - start, float(alignment.get("seconds", 0.0)))
         seconds = align_seconds + _fit(config, work / "world_llava", data_args + [
             f"--model.vlm={base}", f"--model.projector_init={aligned}"])
         target = data / "world_llava"
         shutil.rmtree(target, ignore_errors=True)
         package_adapter(work / "world_llava" / "adapter" / "lora", target)
-        records["world-llava"] = _recipe(target, work / "world_llava", seconds, train_world,
-                                         alignment=json.loads(aligned.with_suffix(".json").read_text()))
+        records["world-llava"] = _recipe(target, work / "world_llava", seconds, train_world, alignment=alignment)
         assets.build(assets.WORLD_LLAVA, force=True)
     if only in (None, "world-llava-regions"):
         seconds = _fit(_config("world_regions_gpu.yaml" if gpu else "world_regions.yaml"), work / "world_regions",
