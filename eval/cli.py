@@ -174,7 +174,8 @@ def _cmd_demo(args) -> int:
         world = WorldDemoConfig(seed=args.world_seed, split=args.world_split, images=args.world_images,
                                 caption_images=args.caption_images,
                                 methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-                                world_config=args.world_config, device=args.device, bootstrap=args.bootstrap)
+                                world_config=args.world_config, device=args.device, bootstrap=args.bootstrap,
+                                model=args.world_model)
     run_demo(out_dir=Path(args.out), num_images=args.num_images, short_side=args.short_side, device=args.device,
              world=world)
     return 0
@@ -228,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=positive_int, default=None, help="only the first N photos")
     p.add_argument("--short-side", type=positive_int, default=448)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    group = p.add_argument_group("hallucination world (world-llava on a generated test world)")
+    group = p.add_argument_group("hallucination world (world-llava on a generated test or val world)")
     group.add_argument("--world-images", type=nonnegative_int, default=8,
                        help="test-world images (0: skip the world part)")
     group.add_argument("--world-seed", type=int, default=1)
@@ -236,14 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="val: check settings on a val world (use another --world-seed), never on the test split")
     group.add_argument("--world-config", default=None, help="a world config YAML (default: the shipped defaults)")
     group.add_argument("--caption-images", type=nonnegative_int, default=4, help="images captioned for CHAIR")
+    group.add_argument("--world-model", default=None,
+                       help="the VLM measured on the world: a folder, hub name or `grounding fit` LoRA export "
+                            "(default: the built world-llava)")
     group.add_argument("--methods", default="baseline,highlight,masked-contrast,vcd,region-tokens")
     group.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap draws for the 95%% intervals")
     group.add_argument("--retrain", action="store_true",
                        help="first rebuild the world-llava and region-token weights from scratch (see README)")
     group.add_argument("--retrain-only", choices=["world-llava", "world-llava-regions"], default=None)
     group.add_argument("--retrain-device", choices=["cpu", "gpu"], default="cpu",
-                       help="cpu: the 2-core recipes (configs/train/world_*.yaml); gpu: the one-GPU recipes that "
-                            "made the shipped weights (configs/train/world_*_gpu.yaml)")
+                       help="cpu: the 2-core recipes that made the shipped weights (configs/train/world_*.yaml); "
+                            "gpu: the one-GPU recipes (configs/train/world_*_gpu.yaml)")
     p.set_defaults(func=_cmd_demo)
 
     p = commands.add_parser("assets", help="convert packaged checkpoints into Hugging Face folders")

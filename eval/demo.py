@@ -132,7 +132,8 @@ def _print_table(table: dict, complete: dict, count: int, out_dir: Path, world: 
     if world is not None:
         from .world_demo import table_lines
 
-        print(f"\nworld-llava on a generated {world['world'].get('split', 'test')} world (seed {world['world']['seed']}, "
+        print(f"\n{world['world'].get('model', 'world-llava')} on a generated {world['world'].get('split', 'test')} "
+              f"world (seed {world['world']['seed']}, "
               f"{world['world']['images']} images; "
               "value [95% bootstrap CI]):\n")
         print("\n".join(table_lines(world)))
@@ -153,7 +154,8 @@ def _write_report(out_dir: Path, records: list[dict], table: dict, complete: dic
 
         charts = bar_charts(world, out_dir)
         lines += ["## Hallucination world", "",
-                  f"world-llava on a {world['world'].get('split', 'test')} world generated with seed "
+                  f"{world['world'].get('model', 'world-llava')} on a {world['world'].get('split', 'test')} world "
+                  f"generated with seed "
                   f"{world['world']['seed']} ({world['world']['images']} "
                   f"images; planted pairs {', '.join(a + ' -> ' + b for a, b in world['world']['pairs'])}). "
                   "Each cell: value [95% bootstrap CI over images, or captions for CHAIR]. 'partner halluc.' counts "

@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .benchmarks import CAPTION_PROMPT, PopeBenchmark, score_captions
+from .benchmarks import CAPTION_PROMPT, score_captions
 from .pope import build_pope, objects_per_image, parse_answer
 from .records import run_metadata, write_json
 from .runner import Item, RunConfig, run_methods
@@ -320,7 +320,7 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
     timings["discovery_s"] = round(time.perf_counter() - start, 1)
 
     result = {"world": {"seed": cfg.seed, "split": cfg.split, "images": cfg.images, "pairs": pairs,
-                        "folder": str(world)},
+                        "folder": str(world), "model": cfg.model or "world-llava"},
               "pope": pope, "chair": chair, "discovery": discovery, "examples": examples, "timings": timings,
               **run_metadata({**asdict(cfg), "model": model, "tower": tower})}
     _check_finite(result)

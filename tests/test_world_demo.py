@@ -37,6 +37,7 @@ def test_world_demo_reports_every_method_and_metric(tiny_models, tiny_reg_dir, t
     result = run_world_demo(tmp_path / "out", cfg)
     saved = json.loads((tmp_path / "out" / "world_metrics.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert set(saved["pope"]) == set(WORLD_METHODS) and set(saved["chair"]) == set(WORLD_METHODS)
+    assert saved["world"]["model"] == str(tiny_models / "vlm")  # the table names the model it measured
     for method in WORLD_METHODS:
         for split in POPE_SPLITS:
             row = saved["pope"][method][split]
