@@ -117,6 +117,9 @@ def test_lora_folder_loads_merged_onto_its_base(tiny_llava_dir, tmp_path):
     # the run folder's identity of the adapter names its base too (a changed base must not reuse old answers)
     assert weights_identity(str(tmp_path / "lora")).endswith("+" + weights_identity(tiny_llava_dir))
 
+    with pytest.raises(WeightsNotFoundError, match=f"holds a LoRA export: pass {tmp_path / 'lora'}"):
+        load_vlm(str(tmp_path), "float32", "cpu")  # the export folder itself: pointed at its lora/
+
     config["base_model_name_or_path"] = None
     (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(WeightsNotFoundError, match="LoRA adapter without its base model"):
