@@ -173,12 +173,21 @@ def _cmd_demo(args) -> int:
 
         world = WorldDemoConfig(seed=args.world_seed, split=args.world_split, images=args.world_images,
                                 caption_images=args.caption_images,
-                                methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+                                methods=_world_methods(args),
                                 world_config=args.world_config, device=args.device, bootstrap=args.bootstrap,
                                 model=args.world_model)
     run_demo(out_dir=Path(args.out), num_images=args.num_images, short_side=args.short_side, device=args.device,
              world=world)
     return 0
+
+
+def _world_methods(args) -> tuple[str, ...]:
+    """--methods, or the default list (region-tokens only on world-llava: its adapter was trained there)."""
+    from .world_demo import WORLD_METHODS
+
+    if args.methods is not None:
+        return tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    return tuple(m for m in WORLD_METHODS if not (args.world_model and m == "region-tokens"))
 
 
 def _cmd_align(args) -> int:
@@ -240,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--world-model", default=None,
                        help="the VLM measured on the world: a folder, hub name or `grounding fit` LoRA export "
                             "(default: the built world-llava)")
-    group.add_argument("--methods", default="baseline,highlight,masked-contrast,vcd,region-tokens")
+    group.add_argument("--methods", default=None,
+                       help="comma-separated (default: baseline,highlight,masked-contrast,vcd,region-tokens; "
+                            "without region-tokens under --world-model, whose adapter was trained on world-llava)")
     group.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap draws for the 95%% intervals")
     group.add_argument("--retrain", action="store_true",
                        help="first rebuild the world-llava and region-token weights from scratch (see README)")

@@ -37,17 +37,27 @@ def _config(name: str) -> Path:
 
 
 def _fit(config: Path, work: Path, overrides: list[str]) -> float:
-    """One `grounding fit`; a run killed part way resumes from its last checkpoint (Lightning restores the step)."""
+    """One `grounding fit`; a run killed part way resumes from its last checkpoint (Lightning restores the step).
+
+    Returns the fit's seconds. A resumed fit adds its earlier runs' time up to the checkpoint it resumes from
+    (work/fit_clock.json notes when each run started); work done after that checkpoint was lost and is redone."""
     from lightning_modules.cli import main as fit_main
 
     last = work / "checkpoints" / "last.ckpt"
+    clock = work / "fit_clock.json"
+    earlier = 0.0
+    if last.is_file() and clock.is_file():
+        before = json.loads(clock.read_text())
+        earlier = before["earlier_seconds"] + max(0.0, last.stat().st_mtime - before["started"])
+    work.mkdir(parents=True, exist_ok=True)
+    clock.write_text(json.dumps({"earlier_seconds": earlier, "started": time.time()}) + "\n")
     resume = [f"--ckpt_path={last}"] if last.is_file() else []
     start = time.perf_counter()
     fit_main(["--config", str(config), f"--trainer.default_root_dir={work}",
               f"--trainer.logger.init_args.save_dir={work}",
               f"--trainer.callbacks.init_args.dirpath={work / 'checkpoints'}",
               f"--model.export_dir={work / 'adapter'}", *overrides, *resume])
-    return time.perf_counter() - start
+    return earlier + time.perf_counter() - start
 
 
 def package_adapter(lora_dir: Path, target: Path) -> None:
@@ -67,8 +77,8 @@ def retrain(work: str | Path, only: str | None = None, train_images: int | None 
             overrides: list[str] | None = None, gpu: bool = False) -> dict:
     """Both recipes (or `only` one); `train_images` / `overrides` shrink them for smoke tests.
 
-    gpu=True trains world-llava with configs/train/world_llava_gpu.yaml on `TRAIN_WORLD_GPU` (the shipped weights'
-    recipe); otherwise the 2-CPU recipe. The base models come from this machine's asset cache ($VLM_GROUNDING_CACHE).
+    gpu=True trains with the one-GPU recipes (configs/train/world_*_gpu.yaml, `TRAIN_WORLD_GPU`); otherwise the
+    2-CPU recipes (`TRAIN_WORLD`), which made the shipped weights. The base models come from this machine's asset cache ($VLM_GROUNDING_CACHE).
     """
     from grounding import assets
     from grounding.world import build_world

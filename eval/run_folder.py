@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from grounding.weights import lora_adapter
+from grounding.weights import lora_chain
 
 from .records import is_skip, write_json
 
@@ -55,9 +55,17 @@ def item_digest(*parts: Any) -> str:
 
 def weights_identity(name: str | None) -> str | None:
     """A hub name as given; a local folder by its absolute path plus its files' names, sizes and times (or the
-    DONE.json an asset build writes)."""
+    DONE.json an asset build writes). A LoRA folder also names every adapter under it and the checkpoint it
+    starts from (a LoRA is nothing without its base)."""
     if name is None:
         return None
+    base, adapters = lora_chain(name)
+    if not adapters:
+        return _folder_identity(name)
+    return "+".join([_folder_identity(str(a)) for a in reversed(adapters)] + [_folder_identity(base)])
+
+
+def _folder_identity(name: str) -> str:
     path = Path(str(name)).expanduser()
     if not path.exists():
         return str(name)
@@ -67,9 +75,7 @@ def weights_identity(name: str | None) -> str | None:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*")
                                                  if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
     stats = [(str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    identity = f"{path}:{fingerprint({'files': stats})}"
-    adapter = lora_adapter(path)
-    return f"{identity}+{weights_identity(adapter[1])}" if adapter else identity  # a LoRA is nothing without its base
+    return f"{path}:{fingerprint({'files': stats})}"
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:

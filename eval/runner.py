@@ -105,25 +105,38 @@ def load_vlm(name: str, dtype: str, device: str):
     """An HF image-text-to-text model and its processor, from a hub name or a local directory.
 
     A peft LoRA folder (a `grounding fit` export's lora/) loads its base model (the adapter's
-    base_model_name_or_path) and processor with the adapter merged into the weights, in `dtype`."""
-    from grounding.weights import lora_adapter, missing_weights, resolve_weights
+    base_model_name_or_path; a stack of exports down to the checkpoint they start from) with each adapter merged
+    into the weights, in `dtype`, and the processor the newest adapter was trained with (the export saves it: its
+    image size may differ from the base's). The merged model's name_or_path is the adapter folder, so a fit on it
+    exports an adapter whose base is that folder (the chain reloads whole)."""
+    from grounding.weights import lora_chain, missing_weights, resolve_weights
 
-    adapter = lora_adapter(name)
+    base, adapters = lora_chain(name)
     # a local directory, the cache's snapshot, or the hub id: fails fast (and clearly) when none can be had
-    name = resolve_weights(adapter[1] if adapter else name, "VLM")
+    base = resolve_weights(base, "VLM")
+    if Path(base).is_dir():
+        base = str(Path(base).resolve())  # what a fit records as its base: absolute, so the export loads anywhere
     from huggingface_hub.errors import HFValidationError
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    processors = [a for a in adapters if any((a / f).is_file() for f in _PROCESSOR_FILES)]
+    processor_source = str(processors[-1]) if processors else base
     try:
-        processor = AutoProcessor.from_pretrained(name)
-        model = AutoModelForImageTextToText.from_pretrained(name, dtype=getattr(torch, dtype)).to(device).eval()
+        processor = AutoProcessor.from_pretrained(processor_source)
+        model = AutoModelForImageTextToText.from_pretrained(base, dtype=getattr(torch, dtype)).to(device).eval()
     except (OSError, HFValidationError) as error:
-        raise missing_weights(name, "VLM", f"loading failed ({type(error).__name__}: {error})") from error
-    if adapter:
+        raise missing_weights(base, "VLM", f"loading failed ({type(error).__name__}: {error})") from error
+    if adapters:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter[0])).merge_and_unload().eval()
+        for adapter in adapters:
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model.eval()
+        model.name_or_path = model.config.name_or_path = str(adapters[-1])
     return model, processor
+
+
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
 def method_settings(config: RunConfig, name: str, task: str) -> dict:

@@ -31,6 +31,7 @@ import torch
 from .benchmarks import CAPTION_PROMPT, score_captions
 from .pope import build_pope, objects_per_image, parse_answer
 from .records import run_metadata, write_json
+from .run_folder import weights_identity
 from .runner import Item, RunConfig, run_methods
 
 __all__ = ["WorldDemoConfig", "run_world_demo", "bootstrap_interval", "WORLD_METHODS", "DISCOVERY_METHODS"]
@@ -68,6 +69,10 @@ class WorldDemoConfig:
             raise ValueError("images must be >= 1 and caption_images >= 0")
         if self.split not in ("test", "val"):
             raise ValueError(f"split must be 'test' or 'val', got {self.split!r}")
+        if self.model and not self.regions and "region-tokens" in self.methods:
+            raise ValueError("region-tokens runs the world-llava-regions adapter, which was trained on world-llava, "
+                             f"not on {self.model}: leave region-tokens out of the methods, or give the model's own "
+                             "region adapter (regions=)")
 
 
 def bootstrap_interval(statistic, groups: int, draws: int, seed: int = 0) -> tuple[float, float]:
@@ -270,8 +275,8 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
         options.setdefault("region-tokens", {}).setdefault("adapter", cfg.regions or str(assets.require(assets.WORLD_REGIONS)))
     world, instances = _world(out, cfg)
     grounding_tower = RegisterViT.from_pretrained(tower, device=cfg.device, preprocess={"short_side": 224})  # one load: examples + discovery
-    _fresh_runs(out, {"config": asdict(cfg), "model": _fingerprint(model), "tower": _fingerprint(tower),
-                      "regions": _fingerprint(options.get("region-tokens", {}).get("adapter"))})
+    _fresh_runs(out, {"config": asdict(cfg), "model": weights_identity(model), "tower": weights_identity(tower),
+                      "regions": weights_identity(options.get("region-tokens", {}).get("adapter"))})
     pairs = json.loads((world / "world.json").read_text())["config"]["pairs"]
     partners = {p[1] for p in pairs}
     timings = {}
@@ -350,16 +355,6 @@ def partner_examples(world: Path, adversarial: list[dict], partners: set[str], a
         examples.append({"image": row["image"], "question": f"Is there a {row['object']} in the image?", "label": "no",
                          "answers": {m: a[row["key"]] for m, a in answers.items()}, "picture": f"examples/{name}"})
     return examples
-
-
-def _fingerprint(folder: str | None) -> str | None:
-    """What identifies a model folder's weights: its DONE.json (assets) or its files' sizes and times."""
-    if folder is None:
-        return None
-    path = Path(folder).expanduser()
-    if (path / "DONE.json").is_file():
-        return (path / "DONE.json").read_text()
-    return json.dumps(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file()))
 
 
 def _fresh_runs(out: Path, stamp: dict) -> None:

@@ -13,7 +13,10 @@ minutes of download retries.
   is one, else `WeightsNotFoundError` naming the model and how to supply it.
 
 `lora_adapter(name)` tells a peft LoRA folder (a `grounding fit` export's ``lora/``: adapter_config.json and
-adapter weights, no config.json) from a checkpoint, and names its base model, so loaders can merge it in.
+adapter weights, no config.json) from a checkpoint, and names its base model, so loaders can merge it in. A
+relative base path is read against the adapter's folder first (where a moved pair of folders still meets), then
+against the working directory. `lora_chain(name)` follows stacked exports (a fit whose `--model.vlm` was itself a
+LoRA export) down to the checkpoint they start from, refusing a chain that loops.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["WeightsNotFoundError", "resolve_weights", "lora_adapter", "hub_reachable", "cached_snapshot",
-           "missing_weights"]
+__all__ = ["WeightsNotFoundError", "resolve_weights", "lora_adapter", "lora_chain", "hub_reachable",
+           "cached_snapshot", "missing_weights"]
 
 _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of boolean environment variables
 
@@ -93,7 +96,28 @@ def lora_adapter(name: str | os.PathLike) -> tuple[Path, str] | None:
     if not base or not isinstance(base, str):
         raise WeightsNotFoundError(f"{local} is a LoRA adapter without its base model (adapter_config.json has no "
                                    "base_model_name_or_path): set it to the base model's directory or hub name")
+    beside = local / Path(base).expanduser()
+    if not Path(base).expanduser().is_absolute() and beside.is_dir():
+        base = str(beside.resolve())  # relative to the adapter, as written by a tool that moves folders together
     return local, base
+
+
+def lora_chain(name: str | os.PathLike) -> tuple[str, list[Path]]:
+    """(the checkpoint a stack of LoRA folders starts from, the adapters to merge onto it, innermost first).
+
+    A plain checkpoint gives (name, []). A chain that comes back to a folder it has passed (an adapter whose base
+    is itself, or two exports naming each other) is a `WeightsNotFoundError` naming the loop."""
+    adapters: list[Path] = []
+    current = str(name)
+    while (found := lora_adapter(current)) is not None:
+        folder = found[0].resolve()
+        if folder in adapters:
+            loop = " -> ".join(str(a) for a in [*adapters[adapters.index(folder):], folder])
+            raise WeightsNotFoundError(f"the LoRA adapters' base_model_name_or_path entries form a loop ({loop}): "
+                                       "point the first one's adapter_config.json at a full checkpoint")
+        adapters.append(folder)
+        current = found[1]
+    return current, adapters[::-1]
 
 
 def resolve_weights(name: str | os.PathLike, what: str = "model", timeout: float = 3.0) -> str:

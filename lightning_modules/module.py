@@ -26,7 +26,8 @@
   policy: one dtype per unit, frozen bf16 weights apart from fp32 LoRA). `--trainer.strategy=fsdp2` (FSDP2,
   `fully_shard`, also on CPU with gloo) shards the same decoder layers, then the whole model.
 * Logged each step: train/loss, train/lr, train/tokens_per_s (every rank's tokens over the step's time, summed).
-* `on_train_end` exports the adapter: peft's `adapter_model.safetensors` + the RegionGrounding projector/config.
+* `on_train_end` exports the adapter: lora/ (peft's `adapter_model.safetensors` and the processor it was trained
+  with, so `eval.runner.load_vlm` loads lora/ as a VLM) + the RegionGrounding projector/config.
 """
 
 from __future__ import annotations
@@ -259,19 +260,25 @@ class RegionTokensModule(L.LightningModule):
 
     # ------------------------------------------------------------ export
     def export(self, directory: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
-        """peft adapter (LoRA + projector copy) and the RegionGrounding adapter (projector + config), safetensors.
+        """lora/: the peft adapter (LoRA + projector copy) and the processor; the RegionGrounding adapter
+        (projector + config); safetensors.
 
         state: the trainable weights gathered from a sharded model (keys of this module); None: the live modules."""
         from grounding.region_tokens import RegionProjector
 
         directory = Path(directory)
+        # the processor beside the adapter: its image size is the trained one, which may not be the base's.
+        # save_embedding_layers=False: LoRA never targets the embeddings (LORA_TARGETS), and peft's "auto" check
+        # would look for the base's config.json on the hub when the base is itself a LoRA folder
+        self.processor.save_pretrained(directory / "lora")
         if state is None:
-            self.model.save_pretrained(directory / "lora", safe_serialization=True)
+            self.model.save_pretrained(directory / "lora", safe_serialization=True, save_embedding_layers=False)
             if self.regions_config.num_regions:
                 self.grounding.save_pretrained(directory)  # the projector the model runs: peft's trained copy
             return directory
         peft_state = {k.removeprefix("model."): v for k, v in state.items()}
-        self.model.save_pretrained(directory / "lora", safe_serialization=True, state_dict=peft_state)
+        self.model.save_pretrained(directory / "lora", safe_serialization=True, state_dict=peft_state,
+                                save_embedding_layers=False)
         if self.regions_config.num_regions:
             prefix = f"base_model.model.region_projector.modules_to_save.{self.model.active_adapter}."
             weights = {k.removeprefix(prefix): v for k, v in peft_state.items() if k.startswith(prefix)}

@@ -1,6 +1,7 @@
 """`grounding fit` end to end on CPU: tiny random LLaVA, generated COCO data, LoRA + region projector."""
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +265,44 @@ def test_cosine_schedule_warms_up_then_decays_to_a_tenth():
     assert lr_factor(10, 10, 110) == 1.0 and lr_factor(60, 10, 110) == pytest.approx(0.55)
     assert lr_factor(110, 10, 110) == pytest.approx(0.1) and lr_factor(500, 10, 110) == pytest.approx(0.1)
     assert lr_factor(500, 10, None) == 1.0 and lr_factor(3, 0, None) == 1.0
+
+
+def test_a_fit_on_a_lora_export_reloads_whole(tmp_path, tiny_llava_dir):
+    """Stage 2 fitted on stage 1's lora/ exports an adapter whose base is that folder: loading it merges both
+    adapters in order (not stage 2 alone onto the original base), with the processor size the fit trained at."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from eval.runner import load_vlm
+    from grounding.region_tokens import RegionConfig
+    from lightning_modules.module import RegionTokensModule
+
+    def fitted(vlm, out, seed):
+        module = RegionTokensModule(vlm=vlm, regions=RegionConfig(num_regions=0), lora_r=4, train_projector=True,
+                                    image_size=32)
+        module.configure_model()
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():  # stands in for training: every trained weight moves
+            for parameter in module.model.parameters():
+                if parameter.requires_grad:
+                    parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+        module.export(out)
+        return out / "lora"
+
+    first = fitted(tiny_llava_dir, tmp_path / "stage1", seed=1)
+    assert (first / "processor_config.json").is_file() and not (first / "config.json").exists()
+    model, processor = load_vlm(str(first), "float32", "cpu")
+    assert processor.image_processor.size == {"height": 32, "width": 32}  # the trained size, not the base's
+    second = fitted(str(first), tmp_path / "stage2", seed=2)
+    recorded = json.loads((second / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str(first.resolve())
+
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    base = lambda: AutoModelForImageTextToText.from_pretrained(tiny_llava_dir, dtype=torch.float32).eval()  # noqa: E731
+    with torch.no_grad():
+        got = load_vlm(str(second), "float32", "cpu")[0](input_ids=ids).logits
+        both = PeftModel.from_pretrained(PeftModel.from_pretrained(base(), first).merge_and_unload(), second)
+        want = both.eval()(input_ids=ids).logits
+        alone = PeftModel.from_pretrained(base(), second).eval()(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (got - alone).abs().max() > 1e-3  # stage 1 is in the reloaded model

@@ -124,3 +124,41 @@ def test_lora_folder_loads_merged_onto_its_base(tiny_llava_dir, tmp_path):
     (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(WeightsNotFoundError, match="LoRA adapter without its base model"):
         load_vlm(str(tmp_path / "lora"), "float32", "cpu")
+
+
+def test_lora_chains_refuse_loops_and_read_relative_bases_beside_the_adapter(tiny_llava_dir, tmp_path, monkeypatch):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from eval.run_folder import weights_identity
+    from eval.runner import load_vlm
+    from grounding.weights import lora_chain
+
+    shutil.copytree(tiny_llava_dir, tmp_path / "pair" / "base")
+    torch.manual_seed(0)
+    base = AutoModelForImageTextToText.from_pretrained(tmp_path / "pair" / "base", dtype=torch.float32)
+    get_peft_model(base, LoraConfig(r=2, target_modules=r".*language_model.*\.q_proj", init_lora_weights=False)
+                   ).save_pretrained(tmp_path / "pair" / "lora")
+    config_path = tmp_path / "pair" / "lora" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+
+    # a relative base is read beside the adapter first, whatever the working directory
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": "../base"}))
+    monkeypatch.chdir(tmp_path)
+    assert lora_chain("pair/lora") == (str((tmp_path / "pair" / "base").resolve()), [(tmp_path / "pair" / "lora").resolve()])
+    model, _ = load_vlm("pair/lora", "float32", "cpu")
+    assert model.name_or_path == str((tmp_path / "pair" / "lora").resolve())  # a fit on it records this folder
+
+    # an adapter that names itself, or two that name each other: one clear error, not a recursion overflow
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": "."}))
+    for load in (lambda: load_vlm(str(tmp_path / "pair" / "lora"), "float32", "cpu"),
+                 lambda: weights_identity(str(tmp_path / "pair" / "lora"))):
+        with pytest.raises(WeightsNotFoundError, match="form a loop"):
+            load()
+    shutil.copytree(tmp_path / "pair" / "lora", tmp_path / "other")
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "other")}))
+    (tmp_path / "other" / "adapter_config.json").write_text(
+        json.dumps({**config, "base_model_name_or_path": str(tmp_path / "pair" / "lora")}))
+    with pytest.raises(WeightsNotFoundError, match="form a loop"):
+        weights_identity(str(tmp_path / "pair" / "lora"))

@@ -89,6 +89,20 @@ def test_world_demo_checks_settings_on_a_val_world_not_the_test_split(tmp_path):
     assert json.loads((folder / "demo_world.json").read_text())["split"] == "val"
 
 
+def test_region_tokens_run_only_on_the_model_their_adapter_was_trained_on():
+    """The shipped region adapter was trained on world-llava: `--world-model` leaves it out, never runs it silently
+    on another model."""
+    from eval.cli import _world_methods, build_parser
+
+    with pytest.raises(ValueError, match="trained on world-llava"):
+        WorldDemoConfig(model="some/other-vlm")
+    WorldDemoConfig(model="some/other-vlm", regions="its/own-adapter")
+    parse = lambda *a: build_parser().parse_args(["demo", *a])  # noqa: E731
+    assert _world_methods(parse()) == WORLD_METHODS
+    assert _world_methods(parse("--world-model", "m")) == tuple(m for m in WORLD_METHODS if m != "region-tokens")
+    assert _world_methods(parse("--world-model", "m", "--methods", "baseline, vcd")) == ("baseline", "vcd")
+
+
 def test_partner_trap_counts_yes_to_absent_partners_apart_from_other_absent_objects():
     from eval.world_demo import partner_trap
 
