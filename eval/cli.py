@@ -175,7 +175,7 @@ def _cmd_demo(args) -> int:
                                 caption_images=args.caption_images,
                                 methods=_world_methods(args),
                                 world_config=args.world_config, device=args.device, bootstrap=args.bootstrap,
-                                model=args.world_model)
+                                model=args.world_model, regions=args.world_regions)
     run_demo(out_dir=Path(args.out), num_images=args.num_images, short_side=args.short_side, device=args.device,
              world=world)
     return 0
@@ -187,7 +187,8 @@ def _world_methods(args) -> tuple[str, ...]:
 
     if args.methods is not None:
         return tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    return tuple(m for m in WORLD_METHODS if not (args.world_model and m == "region-tokens"))
+    return tuple(m for m in WORLD_METHODS
+                 if not (args.world_model and not args.world_regions and m == "region-tokens"))
 
 
 def _cmd_align(args) -> int:
@@ -249,9 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--world-model", default=None,
                        help="the VLM measured on the world: a folder, hub name or `grounding fit` LoRA export "
                             "(default: the built world-llava)")
+    group.add_argument("--world-regions", default=None,
+                       help="the region-token adapter (a `grounding fit` export folder) that region-tokens runs "
+                            "(default: the built world-llava-regions, trained on world-llava)")
     group.add_argument("--methods", default=None,
                        help="comma-separated (default: baseline,highlight,masked-contrast,vcd,region-tokens; "
-                            "without region-tokens under --world-model, whose adapter was trained on world-llava)")
+                            "without region-tokens under --world-model unless --world-regions gives the model's own "
+                            "adapter)")
     group.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap draws for the 95%% intervals")
     group.add_argument("--retrain", action="store_true",
                        help="first rebuild the world-llava and region-token weights from scratch (see README)")

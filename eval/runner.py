@@ -112,6 +112,8 @@ def load_vlm(name: str, dtype: str, device: str):
     from grounding.weights import lora_chain, missing_weights, resolve_weights
 
     base, adapters = lora_chain(name)
+    for adapter in adapters:
+        _refuse_region_lora(adapter)
     # a local directory, the cache's snapshot, or the hub id: fails fast (and clearly) when none can be had
     base = resolve_weights(base, "VLM")
     if Path(base).is_dir():
@@ -137,6 +139,25 @@ def load_vlm(name: str, dtype: str, device: str):
 
 
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
+def _refuse_region_lora(adapter: Path) -> None:
+    """A LoRA trained with region tokens (its adapter_config saves the region projector) is not a plain VLM:
+    merged without them it answers as a model that was never trained. Refused, with the way to run it."""
+    import json
+
+    from grounding.injection import PROJECTOR_ATTRIBUTE
+    from grounding.weights import WeightsNotFoundError
+
+    saved = json.loads((adapter / "adapter_config.json").read_text()).get("modules_to_save") or []
+    if PROJECTOR_ATTRIBUTE in saved:
+        export = adapter.parent
+        raise WeightsNotFoundError(
+            f"{adapter} is a region-token LoRA (trained with grounded region tokens beside the image tokens; its "
+            f"modules_to_save hold {PROJECTOR_ATTRIBUTE}): loaded as a plain VLM it would run without them. Run it "
+            f"as the region-tokens method on its base model: --methods region-tokens --method-options "
+            f"'{{\"region-tokens\": {{\"adapter\": \"{export}\"}}}}' (grounding demo: --world-regions {export}); "
+            "a fit on top of a region-token export is not supported")
 
 
 def method_settings(config: RunConfig, name: str, task: str) -> dict:

@@ -72,7 +72,10 @@ class WorldDemoConfig:
         if self.model and not self.regions and "region-tokens" in self.methods:
             raise ValueError("region-tokens runs the world-llava-regions adapter, which was trained on world-llava, "
                              f"not on {self.model}: leave region-tokens out of the methods, or give the model's own "
-                             "region adapter (regions=)")
+                             "region adapter (regions=, on the command line --world-regions DIR)")
+        if self.regions and "region-tokens" not in self.methods:
+            raise ValueError(f"a region adapter ({self.regions}) is given but region-tokens is not among the methods "
+                             f"({', '.join(self.methods)})")
 
 
 def bootstrap_interval(statistic, groups: int, draws: int, seed: int = 0) -> tuple[float, float]:

@@ -270,7 +270,14 @@ class RegionTokensModule(L.LightningModule):
         # the processor beside the adapter: its image size is the trained one, which may not be the base's.
         # save_embedding_layers=False: LoRA never targets the embeddings (LORA_TARGETS), and peft's "auto" check
         # would look for the base's config.json on the hub when the base is itself a LoRA folder
-        self.processor.save_pretrained(directory / "lora")
+        # without the region tokens attach() added: lora/ is loaded as a plain VLM (load_vlm), regions re-attach
+        extra = self.processor.num_additional_image_tokens
+        if self.handle is not None:
+            self.processor.num_additional_image_tokens = self.handle.previous_additional_tokens
+        try:
+            self.processor.save_pretrained(directory / "lora")
+        finally:
+            self.processor.num_additional_image_tokens = extra
         if state is None:
             self.model.save_pretrained(directory / "lora", safe_serialization=True, save_embedding_layers=False)
             if self.regions_config.num_regions:

@@ -111,6 +111,19 @@ def test_fit_resume_and_export(setup, tmp_path, capsys):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert Path(root / "adapter" / "lora" / "adapter_model.safetensors").exists()
 
+    # lora/'s processor is the plain model's (attach adds the region tokens again), from both export paths; loaded as
+    # a plain VLM a region-token LoRA is refused (it would run without its region tokens), with the way to run it
+    from eval.runner import load_vlm
+    from grounding.weights import WeightsNotFoundError
+
+    plain = AutoProcessor.from_pretrained(root / "vlm").num_additional_image_tokens
+    cli.model.export(tmp_path / "sharded", state=cli.model.trainable_state_dict())
+    for lora in (root / "adapter" / "lora", tmp_path / "sharded" / "lora"):
+        assert AutoProcessor.from_pretrained(lora).num_additional_image_tokens == plain
+        with pytest.raises(WeightsNotFoundError, match="region-token LoRA.*--methods region-tokens"):
+            load_vlm(str(lora), "float32", "cpu")
+    assert cli.model.processor.num_additional_image_tokens == plain + 2  # the live, attached processor is untouched
+
 
 def test_defaults_are_a_step_progress_bar_and_a_csv_logger(setup, tmp_path):
     from lightning.pytorch.loggers import CSVLogger

@@ -94,13 +94,16 @@ def test_region_tokens_run_only_on_the_model_their_adapter_was_trained_on():
     on another model."""
     from eval.cli import _world_methods, build_parser
 
-    with pytest.raises(ValueError, match="trained on world-llava"):
+    with pytest.raises(ValueError, match="trained on world-llava.*--world-regions"):
         WorldDemoConfig(model="some/other-vlm")
     WorldDemoConfig(model="some/other-vlm", regions="its/own-adapter")
+    with pytest.raises(ValueError, match="region-tokens is not among the methods"):
+        WorldDemoConfig(model="some/other-vlm", regions="its/own-adapter", methods=("baseline",))
     parse = lambda *a: build_parser().parse_args(["demo", *a])  # noqa: E731
     assert _world_methods(parse()) == WORLD_METHODS
     assert _world_methods(parse("--world-model", "m")) == tuple(m for m in WORLD_METHODS if m != "region-tokens")
     assert _world_methods(parse("--world-model", "m", "--methods", "baseline, vcd")) == ("baseline", "vcd")
+    assert _world_methods(parse("--world-model", "m", "--world-regions", "r")) == WORLD_METHODS  # its own adapter
 
 
 def test_partner_trap_counts_yes_to_absent_partners_apart_from_other_absent_objects():
