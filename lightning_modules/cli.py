@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 from lightning.pytorch.callbacks import ProgressBar
@@ -67,6 +68,9 @@ def main(argv: list[str]) -> int:
     rank_zero.addFilter(tips)
     try:
         make_cli(argv)
+    except FileNotFoundError as error:  # a missing model, tower, data file or folder: one line, no traceback
+        print(f"grounding fit: error: {error}", file=sys.stderr)
+        return 2
     finally:
         rank_zero.removeFilter(tips)
     return 0

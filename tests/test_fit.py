@@ -125,6 +125,15 @@ def test_fit_resume_and_export(setup, tmp_path, capsys):
     assert cli.model.processor.num_additional_image_tokens == plain + 2  # the live, attached processor is untouched
 
 
+def test_a_missing_vlm_is_one_line_and_exit_2(setup, tmp_path, capsys):
+    code = main(["fit", "--config", str(setup / "config.yaml"), f"--model.vlm={tmp_path / 'nowhere'}",
+                 f"--model.export_dir={tmp_path / 'adapter'}", "--trainer.logger=false", "--trainer.callbacks=null",
+                 f"--trainer.default_root_dir={tmp_path / 'root'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "grounding fit: error: cannot load VLM: no such directory" in err and "Traceback" not in err
+    assert not (tmp_path / "adapter").exists()
+
+
 def test_defaults_are_a_step_progress_bar_and_a_csv_logger(setup, tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
