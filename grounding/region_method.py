@@ -44,6 +44,8 @@ class RegionTokens:
         if not self.adapter.is_dir():
             raise FileNotFoundError(f"region-token adapter folder {self.adapter} does not exist")
         self.grounding = RegionGrounding.from_pretrained(self.adapter)  # its own tower, at its trained size
+        if processor is not None:
+            _check_trained_size(self.adapter / "lora", processor)
         self.processor = processor
         self.baseline = Baseline(processor=processor)
         self.bound_to = None
@@ -76,3 +78,22 @@ class RegionTokens:
             return self.baseline.generate(model, images, prompts, **generate_kwargs)
         with self.bind(model):
             return self.baseline.generate(model, images, prompts, **generate_kwargs)
+
+
+def _image_sizes(processor) -> dict:
+    image = processor.image_processor
+    return {name: dict(getattr(image, name)) for name in ("size", "crop_size") if getattr(image, name, None)}
+
+
+def _check_trained_size(lora: Path, processor) -> None:
+    """The adapter's LoRA (and projector) saw images at the size of the processor `grounding fit` saved beside it:
+    another size gives other image tokens, a model it was not trained as. Refused, naming both."""
+    if not any((lora / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
+        return  # an export from before processors were saved, or a hand-made adapter: nothing to compare
+    from transformers import AutoProcessor
+
+    trained, given = _image_sizes(AutoProcessor.from_pretrained(lora)), _image_sizes(processor)
+    if trained != given:
+        raise ValueError(f"region-tokens: the adapter {lora.parent} was trained at image size {trained}, the model's "
+                         f"processor gives {given}: run it on the model it was fitted on (its lora/ processor's size)")
+

@@ -270,7 +270,8 @@ class RegionTokensModule(L.LightningModule):
         # the processor beside the adapter: its image size is the trained one, which may not be the base's.
         # save_embedding_layers=False: LoRA never targets the embeddings (LORA_TARGETS), and peft's "auto" check
         # would look for the base's config.json on the hub when the base is itself a LoRA folder
-        # without the region tokens attach() added: lora/ is loaded as a plain VLM (load_vlm), regions re-attach
+        # the plain model's processor, without the region tokens attach() added: load_vlm loads a no-region lora/
+        # with it, and the region-tokens method attaches the tokens again (and checks the trained image size)
         extra = self.processor.num_additional_image_tokens
         if self.handle is not None:
             self.processor.num_additional_image_tokens = self.handle.previous_additional_tokens

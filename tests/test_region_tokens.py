@@ -159,3 +159,15 @@ def test_region_tokens_method_binds_adapter_and_lora_then_restores_the_model(tow
         assert torch.equal(model(**encode(processor, imgs)).logits, stock)
     with pytest.raises(ValueError, match="adapter folder"):
         build_method("region-tokens", None, processor)
+
+    # the processor `grounding fit` saves beside the LoRA names the trained image size: another size is refused
+    import copy
+
+    from grounding.assets import set_image_size
+
+    processor.save_pretrained(tmp_path / "adapter" / "lora")
+    build_method("region-tokens", None, processor, adapter=str(tmp_path / "adapter"), task="question")
+    resized = copy.deepcopy(processor)
+    set_image_size(resized, 64)
+    with pytest.raises(ValueError, match="trained at image size"):
+        build_method("region-tokens", None, resized, adapter=str(tmp_path / "adapter"), task="question")
