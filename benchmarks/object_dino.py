@@ -200,6 +200,8 @@ def main() -> None:
         header += " release-style img/s | library / release (end to end) | release / library overhead |"
     if args.bf16_similarity:
         header += " tower+maps, bf16 similarity img/s | maps share, bf16 similarity |"
+        if not args.no_release:
+            header += " release / library overhead, bf16 similarity |"
     if args.discovery:
         header += " tower+discovery img/s |"
     print(header)
@@ -212,7 +214,10 @@ def main() -> None:
             line += (f" {batch / t['release']:.1f} | {t['release'] / t['library']:.1f}x |"
                      f" {release_overhead / max(overhead, 1e-9):.1f}x |")
         if "library_bf16" in t:
-            line += f" {batch / t['library_bf16']:.1f} | {100 * (t['library_bf16'] - t['bare']) / t['bare']:.0f}% |"
+            bf16_overhead = t["library_bf16"] - t["bare"]
+            line += f" {batch / t['library_bf16']:.1f} | {100 * bf16_overhead / t['bare']:.0f}% |"
+            if "release" in t:
+                line += f" {(t['release'] - batch * t['bare1']) / max(bf16_overhead, 1e-9):.1f}x |"
         if "discovery" in t:
             line += f" {batch / t['discovery']:.2f} |"
         print(line)
