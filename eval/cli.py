@@ -168,6 +168,8 @@ def _cmd_demo(args) -> int:
 
         retrain(Path(args.out) / "retrain", only=args.retrain_only, gpu=args.retrain_device == "gpu")
     world = None
+    if args.world_regions and not args.world_images:
+        raise ValueError("--world-regions runs region-tokens on the world: not with --world-images 0")
     if args.world_images:
         from .world_demo import WorldDemoConfig
 
@@ -248,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--world-config", default=None, help="a world config YAML (default: the shipped defaults)")
     group.add_argument("--caption-images", type=nonnegative_int, default=4, help="images captioned for CHAIR")
     group.add_argument("--world-model", default=None,
-                       help="the VLM measured on the world: a folder, hub name or `grounding fit` LoRA export "
-                            "(default: the built world-llava)")
+                       help="the VLM measured on the world: a folder, hub name or a `grounding fit` LoRA export "
+                            "without region tokens (default: the built world-llava)")
     group.add_argument("--world-regions", default=None,
                        help="the region-token adapter (a `grounding fit` export folder) that region-tokens runs "
                             "(default: the built world-llava-regions, trained on world-llava)")

@@ -111,6 +111,9 @@ def load_vlm(name: str, dtype: str, device: str):
     exports an adapter whose base is that folder (the chain reloads whole)."""
     from grounding.weights import lora_chain, missing_weights, resolve_weights
 
+    folder = Path(str(name)).expanduser()
+    if not (folder / "adapter_config.json").is_file() and (folder / "lora" / "adapter_config.json").is_file():
+        _refuse_region_lora(folder / "lora")  # an export folder: not "pass EXPORT/lora" when that is refused too
     base, adapters = lora_chain(name)
     for adapter in adapters:
         _refuse_region_lora(adapter)
@@ -149,15 +152,16 @@ def _refuse_region_lora(adapter: Path) -> None:
     from grounding.injection import PROJECTOR_ATTRIBUTE
     from grounding.weights import WeightsNotFoundError
 
-    saved = json.loads((adapter / "adapter_config.json").read_text()).get("modules_to_save") or []
-    if PROJECTOR_ATTRIBUTE in saved:
-        export = adapter.parent
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    if PROJECTOR_ATTRIBUTE in (config.get("modules_to_save") or []):
+        export, base = adapter.parent, config.get("base_model_name_or_path") or "BASE"
         raise WeightsNotFoundError(
             f"{adapter} is a region-token LoRA (trained with grounded region tokens beside the image tokens; its "
             f"modules_to_save hold {PROJECTOR_ATTRIBUTE}): loaded as a plain VLM it would run without them. Run it "
-            f"as the region-tokens method on its base model: --methods region-tokens --method-options "
-            f"'{{\"region-tokens\": {{\"adapter\": \"{export}\"}}}}' (grounding demo: --world-regions {export}); "
-            "a fit on top of a region-token export is not supported")
+            f"as the region-tokens method on its base model: --model {base} --methods region-tokens "
+            f"--method-options '{{\"region-tokens\": {{\"adapter\": \"{export}\"}}}}' (grounding demo: "
+            f"--world-model {base} --world-regions {export}; lmms-eval: pretrained={base},method=region-tokens,"
+            f"adapter={export}); a fit on top of a region-token export is not supported")
 
 
 def method_settings(config: RunConfig, name: str, task: str) -> dict:

@@ -73,6 +73,9 @@ class WorldDemoConfig:
             raise ValueError("region-tokens runs the world-llava-regions adapter, which was trained on world-llava, "
                              f"not on {self.model}: leave region-tokens out of the methods, or give the model's own "
                              "region adapter (regions=, on the command line --world-regions DIR)")
+        if self.regions and not Path(self.regions).expanduser().is_dir():
+            raise ValueError(f"no such region adapter folder: {self.regions} (a `grounding fit` export with "
+                             "region_grounding.json)")
         if self.regions and "region-tokens" not in self.methods:
             raise ValueError(f"a region adapter ({self.regions}) is given but region-tokens is not among the methods "
                              f"({', '.join(self.methods)})")

@@ -44,8 +44,8 @@ class RegionTokens:
         if not self.adapter.is_dir():
             raise FileNotFoundError(f"region-token adapter folder {self.adapter} does not exist")
         self.grounding = RegionGrounding.from_pretrained(self.adapter)  # its own tower, at its trained size
-        if processor is not None:
-            _check_trained_size(self.adapter / "lora", processor)
+        if processor is not None:  # its own copy at the trained image size (the runner's stays as it is)
+            processor = _at_trained_size(self.adapter / "lora", processor)
         self.processor = processor
         self.baseline = Baseline(processor=processor)
         self.bound_to = None
@@ -85,15 +85,25 @@ def _image_sizes(processor) -> dict:
     return {name: dict(getattr(image, name)) for name in ("size", "crop_size") if getattr(image, name, None)}
 
 
-def _check_trained_size(lora: Path, processor) -> None:
-    """The adapter's LoRA (and projector) saw images at the size of the processor `grounding fit` saved beside it:
-    another size gives other image tokens, a model it was not trained as. Refused, naming both."""
+def _at_trained_size(lora: Path, processor):
+    """The adapter's LoRA (and projector) saw images at the size of the processor `grounding fit` saved beside it
+    (`--model.image_size` may differ from the base's): the method runs at that size, on a copy of `processor`, so
+    the export runs on its base model (the only model it can run on: load_vlm refuses a region-token lora/)."""
     if not any((lora / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
-        return  # an export from before processors were saved, or a hand-made adapter: nothing to compare
+        return processor  # an export from before processors were saved, or a hand-made adapter: nothing to compare
+    import copy
+    import logging
+
     from transformers import AutoProcessor
 
     trained, given = _image_sizes(AutoProcessor.from_pretrained(lora)), _image_sizes(processor)
-    if trained != given:
-        raise ValueError(f"region-tokens: the adapter {lora.parent} was trained at image size {trained}, the model's "
-                         f"processor gives {given}: run it on the model it was fitted on (its lora/ processor's size)")
+    if trained == given:
+        return processor
+    logging.getLogger(__name__).warning("region-tokens: %s was trained at image size %s (the model's processor: %s); "
+                                        "running it at its trained size", lora.parent, trained, given)
+    own = copy.deepcopy(processor)
+    for name in ("size", "crop_size"):
+        if name in trained or getattr(own.image_processor, name, None) is not None:
+            setattr(own.image_processor, name, trained.get(name))
+    return own
 

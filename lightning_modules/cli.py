@@ -46,6 +46,16 @@ class FitCLI(LightningCLI):
             kwargs.setdefault("logger", CSVLogger(save_dir=root, name="logs"))
         return super().instantiate_trainer(**kwargs)
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except FileNotFoundError as error:
+            # a file missing once batches ran is not a setting to fix (a bug, a file removed mid-run): main() shows
+            # its traceback; before that (model, tower, data, checkpoint) it is one line
+            loop = getattr(getattr(self, "trainer", None), "fit_loop", None)
+            error.during_training = bool(loop is not None and loop.epoch_loop.batch_progress.total.started)
+            raise
+
 
 def make_cli(argv: list[str], run: bool = True) -> LightningCLI:
     args = argv if not run else ["fit", *argv]
@@ -69,6 +79,8 @@ def main(argv: list[str]) -> int:
     try:
         make_cli(argv)
     except FileNotFoundError as error:  # a missing model, tower, data file or folder: one line, no traceback
+        if getattr(error, "during_training", False):
+            raise
         print(f"grounding fit: error: {error}", file=sys.stderr)
         return 2
     finally:

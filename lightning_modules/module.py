@@ -27,7 +27,9 @@
   `fully_shard`, also on CPU with gloo) shards the same decoder layers, then the whole model.
 * Logged each step: train/loss, train/lr, train/tokens_per_s (every rank's tokens over the step's time, summed).
 * `on_train_end` exports the adapter: lora/ (peft's `adapter_model.safetensors` and the processor it was trained
-  with, so `eval.runner.load_vlm` loads lora/ as a VLM) + the RegionGrounding projector/config.
+  with, without region tokens) + the RegionGrounding projector/config. Without region tokens, `eval.runner.load_vlm`
+  loads lora/ as a VLM; with them, the region-tokens method runs the export folder on its base model (load_vlm
+  refuses such a lora/: it would run without its region tokens).
 """
 
 from __future__ import annotations

@@ -137,6 +137,20 @@ def test_a_missing_vlm_is_one_line_and_exit_2(setup, tmp_path, capsys):
     assert not (tmp_path / "adapter").exists()
 
 
+def test_a_file_missing_once_training_ran_keeps_its_traceback(setup, tmp_path, monkeypatch):
+    """Only errors before the first batch (settings: model, tower, data) are one line; later it is a bug or a file
+    removed mid-run, and its traceback is the useful part."""
+    from lightning_modules.module import RegionTokensModule
+
+    def broken_step(self, batch, batch_idx):
+        open(tmp_path / "gone.json").close()
+
+    monkeypatch.setattr(RegionTokensModule, "training_step", broken_step)
+    with pytest.raises(FileNotFoundError, match="gone.json"):
+        main(["fit", "--config", str(setup / "config.yaml"), f"--model.export_dir={tmp_path / 'adapter'}",
+              "--trainer.logger=false", "--trainer.callbacks=null", f"--trainer.default_root_dir={tmp_path / 'root'}"])
+
+
 def test_defaults_are_a_step_progress_bar_and_a_csv_logger(setup, tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 

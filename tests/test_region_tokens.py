@@ -160,14 +160,17 @@ def test_region_tokens_method_binds_adapter_and_lora_then_restores_the_model(tow
     with pytest.raises(ValueError, match="adapter folder"):
         build_method("region-tokens", None, processor)
 
-    # the processor `grounding fit` saves beside the LoRA names the trained image size: another size is refused
+    # the processor `grounding fit` saves beside the LoRA names the trained image size: the method runs at that size,
+    # on its own copy (the runner's processor, shared with the other methods, is left as it is)
     import copy
 
     from grounding.assets import set_image_size
 
     processor.save_pretrained(tmp_path / "adapter" / "lora")
-    build_method("region-tokens", None, processor, adapter=str(tmp_path / "adapter"), task="question")
+    same = build_method("region-tokens", None, processor, adapter=str(tmp_path / "adapter"), task="question")
+    assert same.processor is processor
     resized = copy.deepcopy(processor)
     set_image_size(resized, 64)
-    with pytest.raises(ValueError, match="trained at image size"):
-        build_method("region-tokens", None, resized, adapter=str(tmp_path / "adapter"), task="question")
+    method = build_method("region-tokens", None, resized, adapter=str(tmp_path / "adapter"), task="question")
+    assert method.processor is not resized and method.processor.image_processor.size == processor.image_processor.size
+    assert resized.image_processor.size == {"height": 64, "width": 64}

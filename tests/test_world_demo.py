@@ -89,16 +89,22 @@ def test_world_demo_checks_settings_on_a_val_world_not_the_test_split(tmp_path):
     assert json.loads((folder / "demo_world.json").read_text())["split"] == "val"
 
 
-def test_region_tokens_run_only_on_the_model_their_adapter_was_trained_on():
+def test_region_tokens_run_only_on_the_model_their_adapter_was_trained_on(tmp_path, capsys):
     """The shipped region adapter was trained on world-llava: `--world-model` leaves it out, never runs it silently
     on another model."""
-    from eval.cli import _world_methods, build_parser
+    from eval.cli import _world_methods, build_parser, main
 
     with pytest.raises(ValueError, match="trained on world-llava.*--world-regions"):
         WorldDemoConfig(model="some/other-vlm")
-    WorldDemoConfig(model="some/other-vlm", regions="its/own-adapter")
+    own = tmp_path / "own-adapter"
+    own.mkdir()
+    WorldDemoConfig(model="some/other-vlm", regions=str(own))
     with pytest.raises(ValueError, match="region-tokens is not among the methods"):
-        WorldDemoConfig(model="some/other-vlm", regions="its/own-adapter", methods=("baseline",))
+        WorldDemoConfig(model="some/other-vlm", regions=str(own), methods=("baseline",))
+    with pytest.raises(ValueError, match="no such region adapter folder"):  # refused before any work, not at the end
+        WorldDemoConfig(model="some/other-vlm", regions=str(tmp_path / "missing"))
+    assert main(["demo", "--out", str(tmp_path / "out"), "--world-images", "0", "--world-regions", str(own)]) == 2
+    assert "not with --world-images 0" in capsys.readouterr().err and not (tmp_path / "out").exists()
     parse = lambda *a: build_parser().parse_args(["demo", *a])  # noqa: E731
     assert _world_methods(parse()) == WORLD_METHODS
     assert _world_methods(parse("--world-model", "m")) == tuple(m for m in WORLD_METHODS if m != "region-tokens")
