@@ -109,7 +109,7 @@ def load_vlm(name: str, dtype: str, device: str):
     into the weights, in `dtype`, and the processor the newest adapter was trained with (the export saves it: its
     image size may differ from the base's). The merged model's name_or_path is the adapter folder, so a fit on it
     exports an adapter whose base is that folder (the chain reloads whole)."""
-    from grounding.weights import lora_chain, missing_weights, resolve_weights
+    from grounding.weights import lora_chain, missing_weights, resolve_weights, saves_processor
 
     folder = Path(str(name)).expanduser()
     if not (folder / "adapter_config.json").is_file() and (folder / "lora" / "adapter_config.json").is_file():
@@ -124,7 +124,7 @@ def load_vlm(name: str, dtype: str, device: str):
     from huggingface_hub.errors import HFValidationError
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    processors = [a for a in adapters if any((a / f).is_file() for f in _PROCESSOR_FILES)]
+    processors = [a for a in adapters if saves_processor(a)]
     processor_source = str(processors[-1]) if processors else base
     try:
         processor = AutoProcessor.from_pretrained(processor_source)
@@ -139,9 +139,6 @@ def load_vlm(name: str, dtype: str, device: str):
         model.eval()
         model.name_or_path = model.config.name_or_path = str(adapters[-1])
     return model, processor
-
-
-_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
 def _refuse_region_lora(adapter: Path) -> None:

@@ -16,6 +16,7 @@ import torch
 
 from .methods import Baseline, register_method
 from .region_tokens import RegionGrounding
+from .weights import saves_processor
 
 __all__ = ["RegionTokens"]
 
@@ -89,7 +90,7 @@ def _at_trained_size(lora: Path, processor):
     """The adapter's LoRA (and projector) saw images at the size of the processor `grounding fit` saved beside it
     (`--model.image_size` may differ from the base's): the method runs at that size, on a copy of `processor`, so
     the export runs on its base model (the only model it can run on: load_vlm refuses a region-token lora/)."""
-    if not any((lora / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
+    if not saves_processor(lora):
         return processor  # an export from before processors were saved, or a hand-made adapter: nothing to compare
     import copy
     import logging
@@ -106,4 +107,3 @@ def _at_trained_size(lora: Path, processor):
         if name in trained or getattr(own.image_processor, name, None) is not None:
             setattr(own.image_processor, name, trained.get(name))
     return own
-

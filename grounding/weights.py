@@ -25,8 +25,8 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["WeightsNotFoundError", "resolve_weights", "lora_adapter", "lora_chain", "hub_reachable",
-           "cached_snapshot", "missing_weights"]
+__all__ = ["WeightsNotFoundError", "resolve_weights", "lora_adapter", "lora_chain", "saves_processor",
+           "hub_reachable", "cached_snapshot", "missing_weights"]
 
 _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of boolean environment variables
 
@@ -100,6 +100,11 @@ def lora_adapter(name: str | os.PathLike) -> tuple[Path, str] | None:
     if not Path(base).expanduser().is_absolute() and beside.is_dir():
         base = str(beside.resolve())  # relative to the adapter, as written by a tool that moves folders together
     return local, base
+
+
+def saves_processor(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds a saved processor (what `grounding fit` writes beside its LoRA: the trained size)."""
+    return any((Path(folder) / name).is_file() for name in ("processor_config.json", "preprocessor_config.json"))
 
 
 def lora_chain(name: str | os.PathLike) -> tuple[str, list[Path]]:
