@@ -1,7 +1,7 @@
 """Dense descriptors at stride 14 vs 7 (random weights of the real shapes): images/s and peak memory.
 
-    python benchmarks/descriptors.py                          # CPU: ViT-S/14 and ViT-B/14, batch 4, 224 x 224
-    python benchmarks/descriptors.py --device cuda --dtype bfloat16 --batch 32
+    python benchmarks/bench_descriptors.py                          # CPU: ViT-S/14 and ViT-B/14, batch 4, 224 x 224
+    python benchmarks/bench_descriptors.py --device cuda --dtype bfloat16 --batch 32
 
 Columns: the strided tower forward alone, last-layer key descriptors, the same log-binned, Object-DINO maps on
 the strided output; peak memory is the largest extra use over the loaded model during the binned descriptors
@@ -22,9 +22,9 @@ from transformers import Dinov2Config, Dinov2Model
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import timed  # noqa: E402
 
-from grounding.backbone import RegisterViT, TowerConfig  # noqa: E402
+from grounding.tower.backbone import RegisterViT, TowerConfig  # noqa: E402
 from grounding.descriptors import DenseExtractor  # noqa: E402
-from grounding.object_dino import ObjectDINO  # noqa: E402
+from grounding.objects.object_dino import ObjectDINO  # noqa: E402
 
 SHAPES = {"ViT-S/14": dict(hidden_size=384, num_attention_heads=6), "ViT-B/14": dict(hidden_size=768, num_attention_heads=12)}
 

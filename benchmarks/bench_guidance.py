@@ -1,7 +1,7 @@
 """Tokens/s and latency per answer: plain greedy vs highlight guidance vs object-masked contrast.
 
-    python benchmarks/guidance.py --shape 7b --device cuda --dtype bfloat16   # LLaVA-1.5-7B shapes, random weights
-    python benchmarks/guidance.py --shape small                                # CPU-sized stand-in
+    python benchmarks/bench_guidance.py --shape 7b --device cuda --dtype bfloat16   # LLaVA-1.5-7B shapes, random weights
+    python benchmarks/bench_guidance.py --shape small                                # CPU-sized stand-in
 
 Answers are forced to a fixed length (min_new_tokens = max_new_tokens); the grounding tower is a random
 DINOv2-with-registers ViT-B/14 at 224 px. Prints a markdown table.
@@ -20,7 +20,7 @@ from transformers import (CLIPImageProcessor, CLIPVisionConfig, Dinov2WithRegist
                           LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
                           PreTrainedTokenizerFast)
 
-from grounding.backbone import RegisterViT, TowerConfig
+from grounding.tower.backbone import RegisterViT, TowerConfig
 from grounding.methods import build_method
 
 SHAPES = {

@@ -1,9 +1,9 @@
 """Images/s of the bare tower, the tower + the library's Object-DINO maps, and a release-style pipeline.
 
-    python benchmarks/object_dino.py                          # CPU: ViT-S/14 and ViT-B/14, batch 8 and 32
-    python benchmarks/object_dino.py --device cuda --dtype bfloat16 --batches 32
-    python benchmarks/object_dino.py --discovery              # also tower + discovery (TokenCut, k 12)
-    python benchmarks/object_dino.py --bf16-similarity        # also the library with bf16 similarities (inexact)
+    python benchmarks/bench_object_dino.py                          # CPU: ViT-S/14 and ViT-B/14, batch 8 and 32
+    python benchmarks/bench_object_dino.py --device cuda --dtype bfloat16 --batches 32
+    python benchmarks/bench_object_dino.py --discovery              # also tower + discovery (TokenCut, k 12)
+    python benchmarks/bench_object_dino.py --bf16-similarity        # also the library with bf16 similarities (inexact)
 
 Random weights of the real shapes (DINOv2 with 4 registers, 12 layers), 224 x 224 inputs. Three pipelines run
 side by side, in rounds (each round times every pipeline once; the table takes each one's median over rounds),
@@ -42,8 +42,8 @@ from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import sync  # noqa: E402
 
-from grounding.backbone import RegisterViT, TowerConfig  # noqa: E402
-from grounding.object_dino import ObjectDINO  # noqa: E402
+from grounding.tower.backbone import RegisterViT, TowerConfig  # noqa: E402
+from grounding.objects.object_dino import ObjectDINO  # noqa: E402
 
 SHAPES = {"ViT-S/14": dict(hidden_size=384, num_attention_heads=6), "ViT-B/14": dict(hidden_size=768, num_attention_heads=12)}
 
@@ -187,7 +187,7 @@ def main() -> None:
             if args.bf16_similarity:
                 pipelines["library_bf16"] = lambda p=pixels: maps_bf16.object_maps(tower(p))
             if args.discovery:
-                from grounding.discovery import discover
+                from grounding.objects.discovery import discover
 
                 pipelines["discovery"] = lambda p=pixels: discover("object-dino", tower(p), object_dino=discovery)
             t = rounds(pipelines, args.device, args.repeats, clock)

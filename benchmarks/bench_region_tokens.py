@@ -1,7 +1,7 @@
 """Region tokens: LoRA training-step time and peak memory, and the generate-time overhead of K region tokens.
 
-    python benchmarks/region_tokens.py --shape 7b --device cuda --dtype bfloat16   # LLaVA-1.5-7B shapes, batch 4, r 16
-    python benchmarks/region_tokens.py --shape small                              # CPU stand-in
+    python benchmarks/bench_region_tokens.py --shape 7b --device cuda --dtype bfloat16   # LLaVA-1.5-7B shapes, batch 4, r 16
+    python benchmarks/bench_region_tokens.py --shape small                              # CPU stand-in
 
 Random weights of the given shapes; the grounding tower is a random DINOv2-with-registers (ViT-B/14 for 7b,
 ViT-S/14 for small). Generate overhead: 64 forced new tokens with K = 8 vs no region tokens, same inputs.

@@ -1,5 +1,5 @@
 """POPE questions/s for baseline and highlight guidance (answers forced to a fixed length), random weights, with
-and without prefix sharing (`grounding.prefix_cache`: each image's system prompt + image tokens computed once).
+and without prefix sharing (`grounding.decoding.prefix_cache`: each image's system prompt + image tokens computed once).
 
     python benchmarks/eval_throughput.py --shape 7b --device cuda --dtype bfloat16 --batches 1,32
     python benchmarks/eval_throughput.py --shape small --batches 1,8 --questions 32     # CPU stand-in
@@ -28,7 +28,7 @@ from guidance import build  # noqa: E402  (the same random-weight LLaVA builder)
 
 from eval.pope import load_questions  # noqa: E402
 from grounding.methods import build_method  # noqa: E402
-from grounding.prefix_cache import PrefixCache  # noqa: E402
+from grounding.decoding.prefix_cache import PrefixCache  # noqa: E402
 
 
 def main() -> None:

@@ -13,9 +13,9 @@ import torch
 from eval.corloc import load_dataset
 from eval.demo import photos_dir
 from grounding import assets
-from grounding.backbone import RegisterViT
+from grounding.tower.backbone import RegisterViT
 from grounding.images import load_image
-from grounding.object_dino import ObjectDINO
+from grounding.objects.object_dino import ObjectDINO
 
 
 def main() -> None:

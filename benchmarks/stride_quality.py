@@ -21,11 +21,11 @@ import torch
 
 from eval.corloc import corloc, iou, load_dataset
 from eval.world_demo import DISCOVERY_METHODS, discovery_table
-from grounding.backbone import PreprocessConfig, RegisterViT, TowerConfig
+from grounding.tower.backbone import PreprocessConfig, RegisterViT, TowerConfig
 from grounding.descriptors import DenseExtractor
-from grounding.discovery import discover
+from grounding.objects.discovery import discover
 from grounding.images import load_image
-from grounding.object_dino import ObjectDINO
+from grounding.objects.object_dino import ObjectDINO
 
 
 def photo_corloc(extractor: DenseExtractor, root: Path, methods) -> dict:

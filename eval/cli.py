@@ -28,7 +28,7 @@ from .world_cli import add_world_command
 
 __all__ = ["main", "build_parser"]
 
-# grounding.discovery.DEFAULT_METHOD, named here so that parsing arguments does not import torch (a test checks)
+# grounding.objects.discovery.DEFAULT_METHOD, named here so that parsing arguments does not import torch (a test checks)
 DISCOVERY_DEFAULT = "object-dino-adaptive"
 
 
@@ -59,7 +59,7 @@ def _cuda() -> bool:
 
 
 def _load_tower(args):
-    from grounding.backbone import PreprocessConfig, RegisterViT, TowerConfig
+    from grounding.tower.backbone import PreprocessConfig, RegisterViT, TowerConfig
 
     config = TowerConfig(model=args.model, device=args.device, dtype=args.dtype,
                          preprocess=PreprocessConfig(mode=args.resize_mode, short_side=args.short_side))
@@ -67,7 +67,7 @@ def _load_tower(args):
 
 
 def _check_methods(methods: list[str]) -> list[str]:
-    from grounding.discovery import DISCOVERY_METHODS
+    from grounding.objects.discovery import DISCOVERY_METHODS
 
     unknown = [m for m in methods if m not in DISCOVERY_METHODS]
     if unknown:
@@ -85,7 +85,7 @@ def _discovery_settings(args, method: str) -> dict:
 
 
 def _cmd_discover(args) -> int:
-    from grounding.object_dino import ObjectDINO
+    from grounding.objects.object_dino import ObjectDINO
 
     from .discover import DiscoveryJob, list_images, open_predictions, run_discovery
     from .records import SKIPPED, run_metadata, write_json
@@ -112,7 +112,7 @@ def _cmd_discover(args) -> int:
 
 
 def _cmd_corloc(args) -> int:
-    from grounding.object_dino import ObjectDINO
+    from grounding.objects.object_dino import ObjectDINO
 
     from .corloc import corloc, load_dataset
     from .discover import DiscoveryJob, open_predictions, run_discovery

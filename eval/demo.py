@@ -19,12 +19,12 @@ import torch
 from tqdm.auto import tqdm
 
 from grounding import assets
-from grounding.artifacts import token_norm_stats
-from grounding.backbone import PreprocessConfig, RegisterViT, TowerConfig
-from grounding.discovery import discover
+from grounding.tower.artifacts import token_norm_stats
+from grounding.tower.backbone import PreprocessConfig, RegisterViT, TowerConfig
+from grounding.objects.discovery import discover
 from grounding.images import load_image
-from grounding.object_dino import ObjectDINO
-from grounding.regions import upsample_maps
+from grounding.objects.object_dino import ObjectDINO
+from grounding.objects.regions import upsample_maps
 from grounding.viz import draw_boxes, head_cluster_grid, norm_histograms, overlay
 
 from .corloc import corloc, iou, load_dataset
@@ -53,7 +53,7 @@ def run_demo(out_dir: Path, num_images: int | None = None, short_side: int = 448
     items = items[:num_images] if num_images else items
     maps_od, discovery_od = ObjectDINO(k=5), ObjectDINO(k=12)
     records, norms = [], []
-    with _quiet("grounding.discovery"):  # complete TokenCut graphs are counted in the table instead
+    with _quiet("grounding.objects.discovery"):  # complete TokenCut graphs are counted in the table instead
         for item in tqdm(items, desc="demo", unit="photo", disable=not progress):
             records.append(_one_photo(item, tower, maps_od, discovery_od, out_dir, norms))
     table = {m: round(corloc([r[m] for r in records]), 1) for m in METHODS}

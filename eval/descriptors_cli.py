@@ -69,7 +69,7 @@ def write_pca(described, images, names: Sequence[str], out_dir: Path, settings: 
     import torch
     from PIL import Image
 
-    from grounding.descriptor_pca import pca_project, pca_rgb
+    from grounding.descriptors.pca import pca_project, pca_rgb
 
     folder = Path(out_dir) / "pca"
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ def write_cosegment(described, images, names: Sequence[str], out_dir: Path, sett
     import numpy as np
     from PIL import Image
 
-    from grounding.cosegment import cosegment
+    from grounding.descriptors.cosegment import cosegment
 
     folder = Path(out_dir) / "cosegment"
     folder.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def write_parts(described, images, names: Sequence[str], out_dir: Path, settings
     """Part co-segmentation pictures (image | parts painted on the foreground) in out_dir/parts/."""
     import numpy as np
 
-    from grounding.part_cosegment import part_cosegment
+    from grounding.descriptors.part_cosegment import part_cosegment
 
     folder = Path(out_dir) / "parts"
     folder.mkdir(parents=True, exist_ok=True)
@@ -136,7 +136,7 @@ def write_correspondences(described, images, names: Sequence[str], out_dir: Path
     """Best-buddy correspondences between the first two images: out_dir/correspond.png (points joined by lines)."""
     from PIL import ImageDraw
 
-    from grounding.correspond import correspondences
+    from grounding.descriptors.correspond import correspondences
 
     if len(described) < 2:
         raise ValueError("correspond needs two images (got one); put two in --images or name them with --pair")
@@ -163,12 +163,12 @@ def write_correspondences(described, images, names: Sequence[str], out_dir: Path
 
 
 def _cmd_descriptors(args) -> int:
-    from grounding.backbone import PreprocessConfig, RegisterViT, TowerConfig
-    from grounding.correspond import CorrespondenceConfig
-    from grounding.cosegment import CosegmentConfig
+    from grounding.tower.backbone import PreprocessConfig, RegisterViT, TowerConfig
+    from grounding.descriptors.correspond import CorrespondenceConfig
+    from grounding.descriptors.cosegment import CosegmentConfig
     from grounding.descriptors import DenseExtractor
     from grounding.images import load_image
-    from grounding.part_cosegment import PartsConfig
+    from grounding.descriptors.part_cosegment import PartsConfig
 
     from .discover import list_images
     from .records import run_metadata, write_json

@@ -18,7 +18,7 @@ ANIMALS = frozenset({"bird", "cat", "dog", "horse", "sheep", "cow", "elephant", 
 
 def run_descriptors_demo(tower, items, photos: Path, out_dir: Path, stride: int = 7, short_side: int = 224) -> dict:
     """Descriptors of `items` (CorLoc items of the photo folder) on `tower`'s model at a finer stride."""
-    from grounding.backbone import PreprocessConfig, RegisterViT
+    from grounding.tower.backbone import PreprocessConfig, RegisterViT
     from grounding.descriptors import DenseExtractor
     from grounding.images import load_image
 

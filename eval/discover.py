@@ -22,12 +22,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from grounding.backbone import RegisterViT
+from grounding.tower.backbone import RegisterViT
 from grounding.descriptors import DenseExtractor
-from grounding.discovery import discover
+from grounding.objects.discovery import discover
 from grounding.images import ImageError, load_image, original_size, to_original_pixels
-from grounding.object_dino import ObjectDINO
-from grounding.regions import upsample_maps
+from grounding.objects.object_dino import ObjectDINO
+from grounding.objects.regions import upsample_maps
 from grounding.viz import draw_boxes, overlay
 
 from .corloc import iou

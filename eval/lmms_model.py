@@ -84,7 +84,7 @@ class GroundedVLM(lmms):
         self.model, self.processor = load_vlm(str(pretrained), dtype, str(self._device))
         self.tower = None
         if needs_tower(method):
-            from grounding.backbone import RegisterViT
+            from grounding.tower.backbone import RegisterViT
 
             self.tower = RegisterViT.from_pretrained(str(tower), device=str(self._device),
                                                      preprocess={"short_side": int(tower_short_side)})

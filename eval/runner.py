@@ -12,7 +12,7 @@ its question; a rerun with other settings or other questions under the same ids 
 loads (`overwrite=True` clears the folders instead). One run per `out` at a time (a lock file per process
 rank). Items whose image cannot be read are recorded as skips with the reason, retried by the next run, and
 counted (`scored`, `skipped`) in metrics.json. When sampling, each item draws from its own generator
-(`grounding.sampling.ItemSampler`, seeded by the run's seed and the item's id), so answers do not depend on
+(`grounding.decoding.sampling.ItemSampler`, seeded by the run's seed and the item's id), so answers do not depend on
 the batch size, the process count or where a run resumed. Every process marks a method finished; the main
 process merges only when all have, checks that every item has exactly one record, and writes
 ``predictions.jsonl`` and strict-JSON metrics (a NaN figure is an error).
@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 
 from grounding.images import ImageError, load_image
 from grounding.methods import build_method, check_method_options, needs_tower
-from grounding.sampling import ItemSampler, item_seed
-from grounding.prefix_cache import PrefixCache
+from grounding.decoding.sampling import ItemSampler, item_seed
+from grounding.decoding.prefix_cache import PrefixCache
 
 from .records import SKIPPED, JsonlLog, is_skip, run_metadata, write_json, write_jsonl
 from .run_folder import (LOCK_NAME, RunLock, check_records, clear_folder, fingerprint, item_digest, save_settings,
@@ -146,7 +146,7 @@ def _refuse_region_lora(adapter: Path) -> None:
     merged without them it answers as a model that was never trained. Refused, with the way to run it."""
     import json
 
-    from grounding.injection import PROJECTOR_ATTRIBUTE
+    from grounding.region_tokens.injection import PROJECTOR_ATTRIBUTE
     from grounding.weights import WeightsNotFoundError
 
     config = json.loads((adapter / "adapter_config.json").read_text())
@@ -331,7 +331,7 @@ def _run_locked(config: RunConfig, items: Sequence[Item], task: str, score: Call
             if "model" not in loaded:
                 loaded["model"], loaded["processor"] = load_vlm(config.model, config.dtype, device)
             if needs_tower(name) and "tower" not in loaded:
-                from grounding.backbone import RegisterViT
+                from grounding.tower.backbone import RegisterViT
 
                 loaded["tower"] = RegisterViT.from_pretrained(config.tower, device=device,
                                                               preprocess={"short_side": config.tower_short_side})

@@ -1,4 +1,4 @@
-"""`grounding world build`: generate the procedural hallucination world (see grounding/world.py)."""
+"""`grounding world build`: generate the procedural hallucination world (see grounding/world/build.py)."""
 
 from __future__ import annotations
 

@@ -208,10 +208,10 @@ def discovery_table(world: Path, instances: dict, tower, draws: int, map_k: int 
                     dinoseg_head: int = 4) -> dict:
     from pycocotools import mask as mask_utils
 
-    from grounding.discovery import discover
+    from grounding.objects.discovery import discover
     from grounding.images import load_image
-    from grounding.object_dino import ObjectDINO
-    from grounding.regions import upsample_maps
+    from grounding.objects.object_dino import ObjectDINO
+    from grounding.objects.regions import upsample_maps
 
     from .corloc import iou
 
@@ -270,7 +270,7 @@ def _box_of(mask: np.ndarray) -> torch.Tensor | None:
 # ------------------------------------------------------------------ the whole measurement
 def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
     from grounding import assets
-    from grounding.backbone import RegisterViT
+    from grounding.tower.backbone import RegisterViT
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -343,9 +343,9 @@ def partner_examples(world: Path, adversarial: list[dict], partners: set[str], a
                      tower, cfg: WorldDemoConfig, out: Path, limit: int = 4) -> list[dict]:
     """The adversarial questions about an ABSENT partner object (the planted prior's trap), with every method's
     answer and what the highlight branch sees (the image tinted where Object-DINO's map is high)."""
-    from grounding.highlight import red_tint
+    from grounding.decoding.highlight import red_tint
     from grounding.images import load_image
-    from grounding.object_dino import ObjectDINO
+    from grounding.objects.object_dino import ObjectDINO
 
     rows = [r for r in adversarial if r["label"] == "no" and r["object"] in partners]
     if not rows:

@@ -10,29 +10,29 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve through __getattr__
-    from .backbone import PreprocessConfig, RegisterViT, TowerConfig, TowerOutput, WeightsNotFoundError
-    from .descriptors import DenseExtractor
-    from .guidance import GuidanceConfig, ObjectGuidance
+    from .tower.backbone import PreprocessConfig, RegisterViT, TowerConfig, TowerOutput, WeightsNotFoundError
+    from .descriptors.dense import DenseExtractor
+    from .decoding.guidance import GuidanceConfig, ObjectGuidance
     from .images import ImageError, load_image
-    from .object_dino import ObjectDINO, ObjectDINOConfig, ObjectDINOOutput
-    from .pipeline import grounded_pipeline
-    from .region_tokens import RegionConfig, RegionGrounding
+    from .objects.object_dino import ObjectDINO, ObjectDINOConfig, ObjectDINOOutput
+    from .methods.pipeline import grounded_pipeline
+    from .region_tokens.modeling import RegionConfig, RegionGrounding
 
 _EXPORTS = {
-    "RegisterViT": "backbone",
-    "TowerConfig": "backbone",
-    "PreprocessConfig": "backbone",
-    "TowerOutput": "backbone",
-    "WeightsNotFoundError": "backbone",
-    "DenseExtractor": "descriptors",
-    "ObjectDINO": "object_dino",
-    "ObjectDINOConfig": "object_dino",
-    "ObjectDINOOutput": "object_dino",
-    "ObjectGuidance": "guidance",
-    "GuidanceConfig": "guidance",
-    "grounded_pipeline": "pipeline",
-    "RegionGrounding": "region_tokens",
-    "RegionConfig": "region_tokens",
+    "RegisterViT": "tower.backbone",
+    "TowerConfig": "tower.backbone",
+    "PreprocessConfig": "tower.backbone",
+    "TowerOutput": "tower.backbone",
+    "WeightsNotFoundError": "tower.backbone",
+    "DenseExtractor": "descriptors.dense",
+    "ObjectDINO": "objects.object_dino",
+    "ObjectDINOConfig": "objects.object_dino",
+    "ObjectDINOOutput": "objects.object_dino",
+    "ObjectGuidance": "decoding.guidance",
+    "GuidanceConfig": "decoding.guidance",
+    "grounded_pipeline": "methods.pipeline",
+    "RegionGrounding": "region_tokens.modeling",
+    "RegionConfig": "region_tokens.modeling",
     "ImageError": "images",
     "load_image": "images",
 }

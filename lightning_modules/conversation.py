@@ -8,7 +8,7 @@ and user turns do not.
 
 `ConversationCollator` runs in the loader's workers: it decodes nothing itself (the dataset decodes the images),
 asks the processor for the pixels and for how many image tokens each image takes (LLaVA: a fixed count; the region
-tokens of `grounding.injection` included), repeats the image token that often, and pads to the right. The result
+tokens of `grounding.region_tokens.injection` included), repeats the image token that often, and pads to the right. The result
 is token for token what `processor(images=..., text=...)` returns on the full texts (tests/test_fit.py checks it).
 """
 

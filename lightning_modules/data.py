@@ -5,7 +5,7 @@ Sources (any mix), all read with `load_dataset("json", ...)`:
   {"image": file, "conversations": [{"from": "human", "value": "<image>\\nQ"}, {"from": "gpt", "value": "A"}, ...]};
   records without an image are left out.
 * `captions`: a COCO captions file -> "Please describe this image in detail." / the caption.
-* `instances`: a COCO instance file -> grounded yes/no questions, POPE-style (`lightning_modules.records`);
+* `instances`: a COCO instance file -> grounded yes/no questions, POPE-style (`lightning_modules.training_records`);
   `group_questions=True` puts one image's questions into one multi-turn conversation, and
   `one_record_per_image=True` one row per image: its questions, then its caption. `question_negatives="balanced"`
   draws the "No" questions so that no category's name predicts its answer (see `grounded_questions`).

@@ -20,7 +20,7 @@ def test_import_keeps_the_matplotlib_backend():
         import matplotlib
         matplotlib.use("svg")
         import grounding
-        import grounding.viz, grounding.highlight, eval.report
+        import grounding.viz, grounding.decoding.highlight, eval.report
         from grounding import ObjectGuidance, RegisterViT
         import sys
         print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
@@ -36,7 +36,7 @@ def test_import_grounding_is_lazy():
         from grounding import load_image, RegisterViT
         print(heavy, RegisterViT.__module__, load_image.__module__, sorted(grounding.__all__) == sorted(set(dir(grounding)) & set(grounding.__all__)))
     """)
-    assert out == "[] grounding.backbone grounding.images True"
+    assert out == "[] grounding.tower.backbone grounding.images True"
 
 
 def test_figures_render_without_pyplot(tmp_path):

@@ -23,16 +23,16 @@ Two ways to run the second branch (`GuidanceConfig.branches`):
 * "auto" (default): joint for greedy, separate for sampling. Greedy or not is read from the config generate()
   will really run with (the model's generation_config, a passed `generation_config`, then the kwargs), and the
   joint path checks after generate() that every row i and its branch row i + B took the same tokens.
-`benchmarks/guidance.py` measures both.
+`benchmarks/bench_guidance.py` measures both.
 
-Sampling uses the full softmax (top_k = 0, top_p = 1.0 unless the caller sets them; see `grounding.sampling`),
+Sampling uses the full softmax (top_k = 0, top_p = 1.0 unless the caller sets them; see `grounding.decoding.sampling`),
 as the Object-DINO release and VCD do; `ObjectGuidance.generation_settings` records what the last call used.
 
 Models with multimodal rotary positions (Qwen2-VL, Qwen2.5-VL): the separate branch builds its (4, B, T)
 position ids with the model's own `get_rope_index`, as generate() does, and never touches the model's cached
 `rope_deltas` (generate()'s own rows keep theirs). Other `get_rope_index` models are refused on that path.
 
-Prefix sharing (`ObjectGuidance.prefix_cache`, a `grounding.prefix_cache.PrefixCache`): the rows that show the
+Prefix sharing (`ObjectGuidance.prefix_cache`, a `grounding.decoding.prefix_cache.PrefixCache`): the rows that show the
 same image (original or branch image) continue from one KV cache of its prompt prefix, on both paths; the answers
 are the same as without it.
 
@@ -53,10 +53,10 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from .compat import merged_generation_config, multimodal_position_ids, rope_index_function
+from ..compat import merged_generation_config, multimodal_position_ids, rope_index_function
 from .highlight import diffusion_noise, jet_overlay, red_tint, remove_objects
-from .images import as_pil
-from .object_dino import ObjectDINO, ObjectDINOConfig
+from ..images import as_pil
+from ..objects.object_dino import ObjectDINO, ObjectDINOConfig
 from .rows import stack_rows
 from .prefix_cache import PrefixCache, generate_new_tokens
 from .sampling import sampling_settings, with_reference_sampling
@@ -110,7 +110,7 @@ class BranchLogitsProcessor(LogitsProcessor):
 
     branch: input_ids (B, T'), attention_mask (B, T') left-padded, plus image inputs (pixel_values, ...) used on
     the first step only; or input_ids, attention_mask and a `past_key_values` cache pre-filled with the first
-    positions (a `grounding.prefix_cache.SharedPrompt`), continued from there. Single use: the KV cache lives until `release()` or until the processor is dropped.
+    positions (a `grounding.decoding.prefix_cache.SharedPrompt`), continued from there. Single use: the KV cache lives until `release()` or until the processor is dropped.
     """
 
     def __init__(self, model, branch: dict[str, torch.Tensor], mix: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
@@ -133,7 +133,7 @@ class BranchLogitsProcessor(LogitsProcessor):
             positions = positions_from_mask(self.attention_mask)  # (B, T')
             if self.rope_index is not None:
                 positions = multimodal_position_ids(self.rope_index, self.branch, positions)  # (4, B, T')
-            prefilled = self.branch.get("past_key_values")  # a shared prefix (`grounding.prefix_cache`)
+            prefilled = self.branch.get("past_key_values")  # a shared prefix (`grounding.decoding.prefix_cache`)
             if prefilled is not None:
                 start = prefilled.get_seq_length()
                 out = self.model(input_ids=self.branch["input_ids"][:, start:], attention_mask=self.attention_mask,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from .viz import overlay
+from ..viz import overlay
 
 __all__ = ["red_tint", "jet_overlay", "remove_objects", "diffusion_noise"]
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .compat import merged_generation_config
+from ..compat import merged_generation_config
 
 __all__ = ["REFERENCE_WARPERS", "with_reference_sampling", "sampling_settings", "ItemSampler", "item_seed"]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .kmeans import kmeans
+from ..kmeans import kmeans
 
 __all__ = ["CorrespondenceConfig", "Correspondences", "best_buddies", "correspondences"]
 

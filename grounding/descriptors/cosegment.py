@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .kmeans import kmeans
+from ..kmeans import kmeans
 
 __all__ = ["CosegmentConfig", "CosegmentOutput", "ElbowFit", "elbow_kmeans", "nearest_centroid", "cosegment"]
 

@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .backbone import RegisterViT, TowerOutput
+from ..tower.backbone import RegisterViT, TowerOutput
 
 __all__ = ["DenseExtractor", "DenseDescription", "FACETS", "facet_descriptors", "saliency_map", "log_bin",
            "strided_rope"]
@@ -94,7 +94,7 @@ def saliency_map(out: TowerOutput, tower: RegisterViT | None = None,
     attention saw them (`tower` is needed to rotate pre-rotary DINOv3 q/k). An image whose map is flat (e.g. a
     uniform image) gets all zeros: no salient region, never NaN.
     """
-    from .discovery import attention_qk
+    from ..objects.discovery import attention_qk
 
     q, k = attention_qk(out, tower, -1)  # (B, H, T, d) each
     if heads is not None:

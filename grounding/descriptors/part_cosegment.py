@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .cosegment import CosegmentConfig, CosegmentOutput, cosegment, nearest_centroid
-from .kmeans import kmeans
+from ..kmeans import kmeans
 
 __all__ = ["PartsConfig", "PartsOutput", "part_cosegment"]
 

@@ -41,9 +41,9 @@ from transformers.image_utils import load_images
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils.chat_template_utils import Chat
 
-from .images import as_pil
-from .methods import Baseline, build_method, needs_tower
-from .rows import stack_rows
+from ..images import as_pil
+from .registry import Baseline, build_method, needs_tower
+from ..decoding.rows import stack_rows
 
 __all__ = ["GroundedImageTextToTextPipeline", "grounded_pipeline", "register_grounded_pipeline",
            "PipelineRegistration", "TASK"]
@@ -69,7 +69,7 @@ class GroundedImageTextToTextPipeline(ImageTextToTextPipeline):
                 raise ValueError(f"method {method!r} needs a grounding tower: pass tower=RegisterViT(...) or "
                                  "tower='facebook/dinov2-with-registers-base' (a hub name or a local directory)")
             if isinstance(tower, str):
-                from .backbone import RegisterViT
+                from ..tower.backbone import RegisterViT
 
                 tower = RegisterViT.from_pretrained(tower, device=str(self.device),
                                                     preprocess={"short_side": tower_short_side})

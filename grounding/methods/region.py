@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .methods import Baseline, register_method
-from .region_tokens import RegionGrounding
-from .weights import saves_processor
+from .registry import Baseline, register_method
+from ..region_tokens.modeling import RegionGrounding
+from ..weights import saves_processor
 
 __all__ = ["RegionTokens"]
 

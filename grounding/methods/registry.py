@@ -4,7 +4,7 @@ A method is built as `factory(tower, processor, **options)` and answers
 `method.generate(model, images, prompts, **generate_kwargs) -> list[str]`. Register new ones with
 `@register_method("name")`; the runner needs no change.
 
-Every built-in method samples from the full softmax unless top_k / top_p are given (`grounding.sampling`), and
+Every built-in method samples from the full softmax unless top_k / top_p are given (`grounding.decoding.sampling`), and
 sets `method.generation_settings` to the decoding settings its last generate() call used;
 `sampling_settings(generate_kwargs, model)` gives the same record before a call.
 
@@ -13,7 +13,7 @@ wrong types and bad values are a ValueError that names the option and what it ta
 it takes with `register_method(..., options=...)`: a config dataclass (its fields, typed) or a set of names.
 
 Methods with a `prefix_cache` attribute (baseline, highlight, masked-contrast, vcd) share the KV cache of each
-image's prompt prefix across the rows that hold it when it is set to a `grounding.prefix_cache.PrefixCache`
+image's prompt prefix across the rows that hold it when it is set to a `grounding.decoding.prefix_cache.PrefixCache`
 (the eval runner does so when several questions share an image); answers are the same either way.
 """
 
@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .guidance import GuidanceConfig, ObjectGuidance, encode_chat
-from .images import as_pil
-from .prefix_cache import PrefixCache, generate_new_tokens
-from .sampling import sampling_settings, with_reference_sampling
+from ..decoding.guidance import GuidanceConfig, ObjectGuidance, encode_chat
+from ..images import as_pil
+from ..decoding.prefix_cache import PrefixCache, generate_new_tokens
+from ..decoding.sampling import sampling_settings, with_reference_sampling
 
 __all__ = ["METHODS", "register_method", "build_method", "Baseline", "needs_tower", "sampling_settings",
            "check_method_options"]
@@ -171,4 +171,4 @@ def _vcd(tower, processor, **options):
     return ObjectGuidance(tower, processor, mode="vcd", **options)
 
 
-from . import region_method  # noqa: E402,F401  (registers "region-tokens")
+from . import region  # noqa: E402,F401  (registers "region-tokens")

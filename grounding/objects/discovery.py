@@ -30,7 +30,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from .backbone import TowerOutput
+from ..tower.backbone import TowerOutput
 from .regions import boxes_to_pixels, connected_components, mask_to_box
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ def attention_qk(out: TowerOutput, tower=None, layer: int = -1) -> tuple[torch.T
 
     h, w = out.grid
     if out.step != out.patch_size:  # overlapping patches (a DenseExtractor): rotary tables at the strided centres
-        from .descriptors import strided_rope
+        from ..descriptors.dense import strided_rope
 
         size = ((h - 1) * out.step + out.patch_size, (w - 1) * out.step + out.patch_size)
         cos, sin = strided_rope(tower.model.rope_embeddings.inv_freq, size, out.patch_size, out.step)

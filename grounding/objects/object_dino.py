@@ -27,8 +27,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .backbone import TowerOutput
-from .kmeans import kmeans
+from ..tower.backbone import TowerOutput
+from ..kmeans import kmeans
 from .regions import upsample_maps
 
 __all__ = ["ObjectDINOConfig", "ObjectDINOOutput", "ObjectDINO", "head_descriptors", "standardise", "object_cluster_of"]
@@ -199,7 +199,7 @@ class ObjectDINO:
         return affinity / (norms[:, :, None] * norms[:, None, :])
 
     def discover(self, out: TowerOutput):
-        """One box per image: TokenCut (tau = -0.35) on Object-DINO discovery features. See `grounding.discovery`."""
+        """One box per image: TokenCut (tau = -0.35) on Object-DINO discovery features. See `grounding.objects.discovery`."""
         from .discovery import discover
 
         return discover("object-dino", out, object_dino=self)

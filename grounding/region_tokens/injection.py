@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .compat import image_features_as_list, image_features_like
-from .region_tokens import RegionGrounding, extract_regions, pool_vlm_features
+from ..compat import image_features_as_list, image_features_like
+from .modeling import RegionGrounding, extract_regions, pool_vlm_features
 
 __all__ = ["RegionHandle", "attach", "pixels_to_rgb", "image_feature_owner"]
 

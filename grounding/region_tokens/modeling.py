@@ -5,7 +5,7 @@ grounding tower's final patch tokens under its mask (or, with feature_source="vl
 features) and a box encoding [x0, y0, x1, y1, area] in [0, 1] -> `RegionProjector` -> K vectors in the language
 model's width. Missing regions get a learned null embedding, so every image always yields exactly K tokens.
 
-`RegionGrounding` bundles config + projector + tower, attaches to a model (`grounding.injection`) and saves /
+`RegionGrounding` bundles config + projector + tower, attaches to a model (`grounding.region_tokens.injection`) and saves /
 loads as safetensors + JSON (`save_pretrained` / `from_pretrained`).
 """
 
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .object_dino import ObjectDINO, ObjectDINOConfig
-from .regions import object_regions
+from ..objects.object_dino import ObjectDINO, ObjectDINOConfig
+from ..objects.regions import object_regions
 
 __all__ = ["RegionConfig", "RegionBatch", "RegionProjector", "RegionGrounding", "extract_regions"]
 
@@ -133,7 +133,7 @@ class RegionGrounding(nn.Module):
 
     def load_tower(self, device: torch.device | str = "cpu"):
         if self.tower is None:
-            from .backbone import RegisterViT
+            from ..tower.backbone import RegisterViT
 
             self.tower = RegisterViT.from_pretrained(self.config.tower, device=str(device),
                                                      preprocess={"short_side": self.config.tower_short_side})

@@ -24,8 +24,8 @@ from PIL import Image
 from torch import nn
 
 from .capture import QKVCollector, attention_capture, projection_capture
-from .images import as_pil, load_image, original_size
-from .weights import WeightsNotFoundError, missing_weights, resolve_weights
+from ..images import as_pil, load_image, original_size
+from ..weights import WeightsNotFoundError, missing_weights, resolve_weights
 
 __all__ = ["PreprocessConfig", "TowerConfig", "TowerOutput", "RegisterViT", "WeightsNotFoundError"]
 

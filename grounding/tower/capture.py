@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .compat import register_attention_function, sdpa_attention_forward
+from ..compat import register_attention_function, sdpa_attention_forward
 
 __all__ = ["QKVCollector", "attention_capture", "projection_capture", "CAPTURE_ATTENTION_NAME"]
 

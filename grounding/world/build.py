@@ -33,8 +33,8 @@ import yaml
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .world_captions import CaptionObject, _where, make_captions
-from .world_draw import COCO_CATEGORIES, OBJECT_STYLES, render_background, render_object
+from .captions import CaptionObject, _where, make_captions
+from .draw import COCO_CATEGORIES, OBJECT_STYLES, render_background, render_object
 
 __all__ = ["WorldConfig", "WorldSummary", "build_world", "SPLITS", "DEFAULT_CATEGORIES", "DEFAULT_PAIRS"]
 

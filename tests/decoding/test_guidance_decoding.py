@@ -5,10 +5,10 @@ import pytest
 import torch
 from transformers import GenerationConfig, LogitsProcessor
 
-from grounding.guidance import (ObjectGuidance, check_paired_rows, encode_chat, highlight_mix, pixel_blocks,
+from grounding.decoding.guidance import (ObjectGuidance, check_paired_rows, encode_chat, highlight_mix, pixel_blocks,
                                 positions_from_mask)
 from grounding.methods import build_method, sampling_settings
-from grounding.sampling import with_reference_sampling
+from grounding.decoding.sampling import with_reference_sampling
 from tiny_vlm import make_tiny_llava, make_tiny_llava_next, photos
 
 OD = {"k": 2, "restarts": 2}

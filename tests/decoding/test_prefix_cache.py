@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from grounding.guidance import ObjectGuidance, encode_chat
+from grounding.decoding.guidance import ObjectGuidance, encode_chat
 from grounding.methods import build_method
-from grounding.prefix_cache import PrefixCache, generate_new_tokens
+from grounding.decoding.prefix_cache import PrefixCache, generate_new_tokens
 from tiny_vlm import make_tiny_llava, make_tiny_llava_next, photos
 
 OD = {"k": 2, "restarts": 2}  # the tiny tower has 2 layers x 2 heads

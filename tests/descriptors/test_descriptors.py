@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from grounding import RegisterViT
-from grounding.correspond import CorrespondenceConfig, best_buddies, correspondences
-from grounding.cosegment import CosegmentConfig, cosegment
-from grounding.descriptor_pca import pca_project, pca_rgb
+from grounding.descriptors.correspond import CorrespondenceConfig, best_buddies, correspondences
+from grounding.descriptors.cosegment import CosegmentConfig, cosegment
+from grounding.descriptors.pca import pca_project, pca_rgb
 from grounding.descriptors import DenseExtractor, facet_descriptors, log_bin, saliency_map, strided_rope
-from grounding.object_dino import ObjectDINO
-from grounding.part_cosegment import PartsConfig, part_cosegment
+from grounding.objects.object_dino import ObjectDINO
+from grounding.descriptors.part_cosegment import PartsConfig, part_cosegment
 
 
 def pixels(height=32, width=48, batch=2, seed=0):
@@ -121,7 +121,7 @@ def test_strided_rope_is_the_models_rope_at_the_shared_centres(towers):
 
 
 def test_strided_dinov3_rotates_captured_q_k_at_the_strided_centres(tiny_dinov3_dir):
-    from grounding.discovery import attention_qk
+    from grounding.objects.discovery import attention_qk
 
     pre = RegisterViT.from_pretrained(tiny_dinov3_dir, qk_position="pre_rope")
     post = RegisterViT.from_pretrained(tiny_dinov3_dir, qk_position="post_rope")
@@ -310,7 +310,7 @@ def test_flat_attention_gives_zero_saliency_not_nan(towers):
 
 # ---------------------------------------------------------------- Object-DINO on a strided tower
 def test_object_dino_runs_on_the_strided_grid(towers, rng_image):
-    from grounding.discovery import discover
+    from grounding.objects.discovery import discover
 
     tower = RegisterViT.from_pretrained(towers["registers"].config.model, preprocess={"short_side": 32})
     images = [rng_image(40, 56)]

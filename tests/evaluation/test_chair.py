@@ -6,7 +6,7 @@ import pytest
 from eval.chair import ChairScorer, ground_truth_from_coco
 from eval.singular import singularize
 
-TABLE = json.loads((Path(__file__).parent / "data" / "pattern_singular.json").read_text())
+TABLE = json.loads((Path(__file__).parents[1] / "data" / "pattern_singular.json").read_text())
 
 
 def test_singulariser_agrees_with_pattern_table():

@@ -117,7 +117,7 @@ def test_world_layout_pad_default_tau_and_degenerate_flag(tiny_reg_dir, tmp_path
     """`eval corloc` reads ROOT/images + ROOT/annotations/instances.json, runs the reference protocol (full
     resolution, zero padding) by default, passes --tau, and records the complete-graph flag per image."""
     from eval.cli import DISCOVERY_DEFAULT
-    from grounding.discovery import DEFAULT_METHOD
+    from grounding.objects.discovery import DEFAULT_METHOD
 
     assert DISCOVERY_DEFAULT == DEFAULT_METHOD
     root = tmp_path / "world"

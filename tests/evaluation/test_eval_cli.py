@@ -116,7 +116,7 @@ def _pope_command(vlm_dir, coco, questions, out):
 
 
 def test_killed_run_resumes_without_losing_or_repeating(vlm_dir, coco, questions, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(_pope_command(vlm_dir, coco, questions, whole), env=env, check=True, capture_output=True)
     process = subprocess.Popen(_pope_command(vlm_dir, coco, questions, killed), env=env, stdout=subprocess.DEVNULL,
@@ -141,7 +141,7 @@ def test_killed_run_resumes_without_losing_or_repeating(vlm_dir, coco, questions
 
 def test_every_eval_yaml_validates(tmp_path):
     parser = build_parser()
-    configs = sorted(Path(__file__).parents[1].glob("configs/eval/*.yaml"))
+    configs = sorted(Path(__file__).parents[2].glob("configs/eval/*.yaml"))
     assert configs
     for path in configs:
         kind = "pope" if "pope" in path.name else "chair"

@@ -187,7 +187,7 @@ def test_one_run_per_folder_and_a_dead_holder_is_taken_over(tiny_llava_dir, benc
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from eval.run_folder import RunLock\n"
                                f"with RunLock({str(out)!r}):\n    print('held', flush=True); time.sleep(600)"],
-                              cwd=Path(__file__).parents[1], stdout=subprocess.PIPE, text=True)
+                              cwd=Path(__file__).parents[2], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         assert main(_pope(tiny_llava_dir, bench, out, "--max-new-tokens", "2")) == 2
@@ -243,12 +243,12 @@ def _free_port() -> int:
 def test_sampled_answers_depend_on_neither_batching_nor_processes_nor_resume(tiny_llava_dir, bench, tmp_path):
     """--do-sample: two processes (batch 2), one process (batch 3) and a resumed run (batch 1) agree exactly."""
     sample = ["--do-sample", "--temperature", "1.5", "--seed", "7", "--max-new-tokens", "4"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
     two = tmp_path / "two"
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                     "127.0.0.1", "--master_port", str(_free_port()), "-m", "eval.cli",
                     *_pope(tiny_llava_dir, bench, two, *sample, "--batch-size", "2")],
-                   env=env, check=True, capture_output=True, cwd=Path(__file__).parents[1], timeout=900)
+                   env=env, check=True, capture_output=True, cwd=Path(__file__).parents[2], timeout=900)
     shards = [_rows(two / "baseline" / f"shard-{r}.jsonl") for r in (0, 1)]
     assert [len(s) for s in shards] == [4, 4] and {json.loads((two / "baseline" / f"finished-{r}.json").read_text())
                                                   ["world"] for r in (0, 1)} == {2}
@@ -264,7 +264,7 @@ def test_sampled_answers_depend_on_neither_batching_nor_processes_nor_resume(tin
 def test_item_sampler_draws_each_row_from_its_own_generator(tiny_llava_dir):
     from transformers import AutoModelForImageTextToText
 
-    from grounding.sampling import ItemSampler
+    from grounding.decoding.sampling import ItemSampler
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir)
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])

@@ -6,9 +6,9 @@ import torch
 from transformers import pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from grounding.guidance import ObjectGuidance
+from grounding.decoding.guidance import ObjectGuidance
 from grounding.methods import build_method
-from grounding.pipeline import TASK, GroundedImageTextToTextPipeline, grounded_pipeline, register_grounded_pipeline
+from grounding.methods.pipeline import TASK, GroundedImageTextToTextPipeline, grounded_pipeline, register_grounded_pipeline
 from tiny_vlm import make_tiny_llava, make_tiny_llava_next, photos
 
 QUESTIONS = ["is there a dog in the image ?", "is there a red bus ?"]
@@ -184,7 +184,7 @@ def test_image_paths_give_the_answers_of_the_images(tower, tmp_path):
 
 
 def test_stack_rows_left_pads_tokens_and_tiles():
-    from grounding.rows import stack_rows
+    from grounding.decoding.rows import stack_rows
 
     a = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
          "pixel_values": torch.ones(1, 3, 2, 4, 4), "image_sizes": torch.tensor([[4, 8]])}

@@ -6,8 +6,8 @@ import scipy.linalg
 import scipy.ndimage
 import torch
 
-from grounding.discovery import dinoseg, lost, tokencut
-from grounding.regions import boxes_to_pixels, connected_components, mask_to_box, object_regions, upsample_maps
+from grounding.objects.discovery import dinoseg, lost, tokencut
+from grounding.objects.regions import boxes_to_pixels, connected_components, mask_to_box, object_regions, upsample_maps
 
 
 def reference_box(mask: np.ndarray, seed: int, grid):
@@ -109,7 +109,7 @@ def test_regions_and_empty_masks():
 
 
 # ---------------------------------------------------------------- backbones whose keys share one large component
-from grounding.discovery import (  # noqa: E402
+from grounding.objects.discovery import (  # noqa: E402
     DEFAULT_METHOD, DISCOVERY_METHODS, adaptive_tau, attention_qk, border_share, centred_cosine, cls_attention,
     discover,
     double_centre, orient_maps,
@@ -177,7 +177,7 @@ def test_orient_maps_flips_only_inverted_maps():
 
 
 def test_cls_attention_matches_a_direct_softmax(tiny_reg_dir, rng_image):
-    from grounding.backbone import RegisterViT
+    from grounding.tower.backbone import RegisterViT
 
     out = RegisterViT.from_pretrained(tiny_reg_dir, preprocess={"short_side": 32})([rng_image()])
     q, k = out.q[-1][0].double(), out.k[-1][0].double()  # (H, T, d)
@@ -191,8 +191,8 @@ def offset_tower(tmp_path, offset: float = 2.0):
     shared bias b (|b| = offset |u|): every key cosine is above TokenCut's tau, as on the shipped DINOv2-S/14."""
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
-    from grounding.backbone import RegisterViT
-    from grounding.capture import find_projections
+    from grounding.tower.backbone import RegisterViT
+    from grounding.tower.capture import find_projections
 
     torch.manual_seed(0)
     config = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -223,7 +223,7 @@ def test_offset_keys_defeat_the_references_and_the_adaptive_methods_find_the_obj
     from PIL import Image
 
     from eval.corloc import iou
-    from grounding.object_dino import ObjectDINO
+    from grounding.objects.object_dino import ObjectDINO
 
     out = offset_tower(tmp_path)([Image.fromarray(_square_image())])
     keys = torch.nn.functional.normalize(out.patches(out.k[-1])[0].permute(1, 0, 2).flatten(1), dim=-1)
@@ -250,7 +250,7 @@ def _square_image():
 
 # ---------------------------------------------------------------- DINO-seg sees q/k as attention does (RoPE)
 def test_dinoseg_rotates_pre_rotary_dinov3_captures(tiny_dinov3_dir, rng_image):
-    from grounding.backbone import RegisterViT
+    from grounding.tower.backbone import RegisterViT
 
     pre = RegisterViT.from_pretrained(tiny_dinov3_dir, preprocess={"short_side": 40})
     post = RegisterViT.from_pretrained(tiny_dinov3_dir, qk_position="post_rope", preprocess={"short_side": 40})

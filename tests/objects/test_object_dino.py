@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 from grounding import ObjectDINO, RegisterViT
-from grounding.capture import find_projections
-from grounding.discovery import discover
+from grounding.tower.capture import find_projections
+from grounding.objects.discovery import discover
 from grounding.kmeans import kmeans
-from grounding.object_dino import ObjectDINOConfig, head_descriptors, object_cluster_of, standardise
+from grounding.objects.object_dino import ObjectDINOConfig, head_descriptors, object_cluster_of, standardise
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from grounding.injection import image_feature_owner
+from grounding.region_tokens.injection import image_feature_owner
 from grounding.region_tokens import RegionConfig, RegionGrounding
 from tiny_vlm import make_tiny_llava
 
@@ -69,7 +69,7 @@ def test_region_tokens_follow_the_image_tokens(tower):
     embeds = captured["inputs_embeds"]  # (B, T, D)
     image_token = model.config.image_token_id
     from grounding.region_tokens import extract_regions
-    from grounding.injection import pixels_to_rgb
+    from grounding.region_tokens.injection import pixels_to_rgb
 
     regions = extract_regions(tower, grounding.object_dino, pixels_to_rgb(
         inputs["pixel_values"], processor.image_processor.image_mean, processor.image_processor.image_std), grounding.config)

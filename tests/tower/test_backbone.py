@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from grounding import ImageError, RegisterViT, WeightsNotFoundError
-from grounding.capture import QKVCollector, attention_capture, find_projections, projection_capture
+from grounding.tower.capture import QKVCollector, attention_capture, find_projections, projection_capture
 
 
 def test_prefix_tokens_are_derived(tiny_reg_dir, tiny_dinov2_dir, tiny_timm_dir):

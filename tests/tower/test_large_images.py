@@ -16,7 +16,7 @@ from eval.discover import DiscoveryJob, run_discovery
 from grounding import RegisterViT
 from grounding.images import load_image, original_size, to_original_pixels
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def _photo(width: int, height: int, seed: int = 0) -> Image.Image:

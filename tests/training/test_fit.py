@@ -194,7 +194,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(setup):
 def test_every_train_yaml_validates(tmp_path):
     from lightning_modules.cli import make_cli
 
-    for path in sorted(Path(__file__).parents[1].glob("configs/train/*.yaml")):
+    for path in sorted(Path(__file__).parents[2].glob("configs/train/*.yaml")):
         cli = make_cli(["--config", str(path), "--trainer.accelerator=cpu", "--trainer.devices=1",
                         "--trainer.precision=32-true", "--trainer.logger=false",
                         f"--trainer.default_root_dir={tmp_path / path.stem}"], run=False)
@@ -227,7 +227,7 @@ def test_answer_loss_equals_the_models_own_loss():
 
 
 def test_grouped_questions_pay_the_image_once():
-    from lightning_modules.records import grounded_questions
+    from lightning_modules.training_records import grounded_questions
 
     instances = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
                  "categories": [{"id": i, "name": n} for i, n in enumerate(["dog", "cat", "car", "bus", "cup"], 1)],
@@ -249,7 +249,7 @@ def test_balanced_negatives_make_the_category_name_uninformative():
     import random
     from collections import Counter
 
-    from lightning_modules.records import grounded_questions
+    from lightning_modules.training_records import grounded_questions
 
     names = [f"c{i}" for i in range(12)]
     rng = random.Random(0)
@@ -283,7 +283,7 @@ def test_balanced_negatives_make_the_category_name_uninformative():
 
 
 def test_one_record_per_image_joins_questions_then_caption():
-    from lightning_modules.records import grounded_questions, join_per_image
+    from lightning_modules.training_records import grounded_questions, join_per_image
 
     instances = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
                  "categories": [{"id": i, "name": n} for i, n in enumerate(["dog", "cat", "car"], 1)],

@@ -23,7 +23,7 @@ from PIL import Image
 
 from tiny_vlm import write_fit_set
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 STEPS = 6  # of 9 per epoch (36 records, 2 ranks x 2 rows): mid-epoch; checkpoints at steps 3 and 6
 
 

@@ -16,7 +16,7 @@ from eval.cli import main
 from eval.pope import build_pope, objects_per_image
 from grounding.world import WorldConfig, build_world
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # small pictures for the statistics tests: the prior does not depend on the image size
 FAST = dict(short_side=[80, 112])
 
