@@ -77,7 +77,7 @@ def main() -> None:
             t_tower = timed(lambda: extractor(pixels), args.device, args.repeats)
             t_desc = timed(lambda: extractor.descriptors(pixels), args.device, args.repeats)
             t_bin = timed(lambda: extractor.descriptors(pixels, bin=True), args.device, args.repeats)
-            t_maps = timed(lambda: ObjectDINO(k=5).object_maps(out), args.device, 1) if args.maps else float("nan")
+            t_maps = timed(lambda out=out: ObjectDINO(k=5).object_maps(out), args.device, 1) if args.maps else float("nan")
             del out
             memory = peak_extra_mb(lambda: extractor.descriptors(pixels, bin=True), args.device)
             grid = 1 + (args.size - 14) // stride

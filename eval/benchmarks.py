@@ -9,9 +9,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from grounding.annotations import read_json
+
 from .chair import ChairScorer, ground_truth_from_coco, ground_truth_from_json
 from .pope import load_questions, parse_answer, pope_metrics
-from .records import read_json
 from .runner import Item
 
 __all__ = ["PopeBenchmark", "ChairBenchmark", "BENCHMARKS", "CAPTION_PROMPT", "chair_image_ids"]

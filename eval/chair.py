@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .records import read_json
+from grounding.annotations import read_json
+
 from .singular import singularize
 
 __all__ = ["ChairScorer", "CaptionResult", "ChairMetrics", "ground_truth_from_coco", "ground_truth_from_json"]

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .records import read_json
+from grounding.annotations import read_json
+
 
 __all__ = ["CorLocItem", "iou", "corloc", "DATASETS", "load_dataset"]
 

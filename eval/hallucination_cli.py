@@ -309,7 +309,7 @@ def _cmd_lmms_task(args) -> int:
 def _cmd_build_pope(args) -> int:
     from .pope import build_pope
 
-    from .records import read_json
+    from grounding.annotations import read_json
 
     instances = read_json(args.instances, "COCO instances file (--instances)", ("images", "annotations", "categories"))
     questions = build_pope(instances, args.split, args.num_images, args.seed)

@@ -72,7 +72,7 @@ class GroundedVLM(lmms):
 
         from grounding.methods import METHODS, build_method, needs_tower
 
-        from .runner import load_vlm
+        from grounding.vlm import load_vlm
 
         if method not in METHODS:
             raise ValueError(f"grounded_vlm: unknown method={method!r}; choose from {sorted(METHODS)}")

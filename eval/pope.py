@@ -20,8 +20,10 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from grounding.annotations import objects_per_image
+
 __all__ = ["PARSERS", "parse_answer", "pope_metrics", "load_questions", "check_questions", "question_id",
-           "SHIPPED_SPLITS", "build_pope", "objects_per_image"]
+           "SHIPPED_SPLITS", "build_pope"]
 
 SHIPPED_SPLITS = [f"{source}_{split}" for source in ("coco", "aokvqa", "gqa")
                   for split in ("random", "popular", "adversarial")]
@@ -135,17 +137,6 @@ def check_questions(rows: list[tuple[int, dict]], path: Path, where: str = "line
     if not questions:
         raise ValueError(f"{path}: no questions")
     return questions
-
-
-def objects_per_image(instances: dict) -> dict[int, list[str]]:
-    """image id -> distinct category names in annotation order (POPE's "first three" are the first three here)."""
-    names = {c["id"]: c["name"] for c in instances["categories"]}
-    per_image: dict[int, list[str]] = {}
-    for ann in instances["annotations"]:
-        objects = per_image.setdefault(ann["image_id"], [])
-        if names[ann["category_id"]] not in objects:
-            objects.append(names[ann["category_id"]])
-    return per_image
 
 
 def build_pope(instances: dict, split: str, num_images: int = 500, seed: int = 0, min_objects: int = 3,

@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JsonlLog", "SKIPPED", "is_skip", "read_jsonl", "read_json", "package_versions", "write_json", "write_jsonl",
+__all__ = ["JsonlLog", "SKIPPED", "is_skip", "read_jsonl", "package_versions", "write_json", "write_jsonl",
            "run_metadata", "check_finite"]
 
 _PACKAGES = ("vlm-grounding", "torch", "transformers", "timm", "accelerate", "peft", "lightning", "datasets")
@@ -104,24 +104,6 @@ def read_jsonl(path: str | Path, what: str = "file") -> Iterator[tuple[int, dict
         if not isinstance(row, dict):
             raise ValueError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
         yield number, row
-
-
-def read_json(path: str | Path, what: str = "file", keys: tuple[str, ...] = ()) -> Any:
-    """A user's JSON file; a missing file, invalid JSON, or (with `keys`) an object without those keys is an
-    error naming the file (and line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} line {error.lineno}: not valid JSON ({error.msg})") from None
-    if keys:
-        missing = [k for k in keys if not isinstance(data, dict) or k not in data]
-        if missing:
-            raise ValueError(f"{path}: not a {what}: no {', '.join(map(repr, missing))} "
-                             f"(it needs {', '.join(map(repr, keys))})")
-    return data
 
 
 def package_versions() -> dict[str, str]:

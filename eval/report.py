@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from grounding.annotations import read_json
 from grounding.viz import new_figure
-
-from .records import read_json
 
 __all__ = ["write_report", "load_runs"]
 

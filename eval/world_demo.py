@@ -28,8 +28,10 @@ from typing import Literal
 import numpy as np
 import torch
 
+from grounding.annotations import objects_per_image
+
 from .benchmarks import CAPTION_PROMPT, score_captions
-from .pope import build_pope, objects_per_image, parse_answer
+from .pope import build_pope, parse_answer
 from .records import run_metadata, write_json
 from .run_folder import weights_identity
 from .runner import Item, RunConfig, run_methods

@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve t
     from .images import ImageError, load_image
     from .objects.object_dino import ObjectDINO, ObjectDINOConfig, ObjectDINOOutput
     from .methods.pipeline import grounded_pipeline
-    from .region_tokens.modeling import RegionConfig, RegionGrounding
+    from .region_tokens.features import RegionConfig
+    from .region_tokens.modeling import RegionGrounding
 
 _EXPORTS = {
     "RegisterViT": "tower.backbone",
@@ -32,7 +33,7 @@ _EXPORTS = {
     "GuidanceConfig": "decoding.guidance",
     "grounded_pipeline": "methods.pipeline",
     "RegionGrounding": "region_tokens.modeling",
-    "RegionConfig": "region_tokens.modeling",
+    "RegionConfig": "region_tokens.features",
     "ImageError": "images",
     "load_image": "images",
 }

@@ -26,7 +26,11 @@ import os
 from pathlib import Path
 
 __all__ = ["WeightsNotFoundError", "resolve_weights", "lora_adapter", "lora_chain", "saves_processor",
-           "hub_reachable", "cached_snapshot", "missing_weights"]
+           "hub_reachable", "cached_snapshot", "missing_weights", "PROJECTOR_ATTRIBUTE"]
+
+# the attribute region tokens register their projector under (`grounding.region_tokens.injection`); a LoRA trained
+# with them lists it in its adapter_config's modules_to_save, which is how the VLM loader recognises one
+PROJECTOR_ATTRIBUTE = "region_projector"
 
 _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of boolean environment variables
 

@@ -34,7 +34,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from grounding.annotations import read_json
+from grounding.assets import set_image_size
 from grounding.images import load_image
+from grounding.vlm import load_vlm
 
 __all__ = ["AlignConfig", "align_projector", "patch_labels", "projector_of"]
 
@@ -116,10 +119,6 @@ def align_projector(vlm: str, image_root: str | Path, instances: str | Path, out
     """Fit the VLM's projector to the masks of a COCO-format set; write `out` (safetensors) and `out`.json (stats)."""
     from pycocotools.coco import COCO
     from safetensors.torch import save_file
-
-    from eval.records import read_json
-    from eval.runner import load_vlm
-    from grounding.assets import set_image_size
 
     cfg = config or AlignConfig()
     start = time.perf_counter()

@@ -27,7 +27,7 @@
   `fully_shard`, also on CPU with gloo) shards the same decoder layers, then the whole model.
 * Logged each step: train/loss, train/lr, train/tokens_per_s (every rank's tokens over the step's time, summed).
 * `on_train_end` exports the adapter: lora/ (peft's `adapter_model.safetensors` and the processor it was trained
-  with, without region tokens) + the RegionGrounding projector/config. Without region tokens, `eval.runner.load_vlm`
+  with, without region tokens) + the RegionGrounding projector/config. Without region tokens, `grounding.vlm.load_vlm`
   loads lora/ as a VLM; with them, the region-tokens method runs the export folder on its base model (load_vlm
   refuses such a lora/: it would run without its region tokens).
 """
@@ -44,7 +44,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from grounding.region_tokens import RegionConfig, RegionGrounding
+from grounding.assets import set_image_size
+from grounding.region_tokens import RegionConfig, RegionGrounding, RegionProjector
+from grounding.vlm import load_vlm
+
+from .align import projector_of
+from .sharding import apply_fsdp2, fsdp_wrap_policy
 
 __all__ = ["RegionTokensModule", "LORA_TARGETS"]
 
@@ -96,9 +101,6 @@ class RegionTokensModule(L.LightningModule):
             return
         from peft import LoraConfig, get_peft_model
 
-        from eval.runner import load_vlm
-        from grounding.assets import set_image_size
-
         model, processor = load_vlm(self.hparams.vlm, self.hparams.dtype, self._load_device())
         if self.hparams.image_size:  # the VLM's input size (image tokens = (size / patch)^2)
             set_image_size(processor, self.hparams.image_size)
@@ -129,8 +131,6 @@ class RegionTokensModule(L.LightningModule):
     def _init_projector(model, path: str) -> None:
         from safetensors.torch import load_file
 
-        from .align import projector_of
-
         projector = projector_of(model)
         state, own = load_file(str(Path(path).expanduser())), projector.state_dict()
         if set(state) != set(own):
@@ -153,8 +153,6 @@ class RegionTokensModule(L.LightningModule):
     def _shard(self) -> None:
         """FSDP: set the wrap policy (fsdp) or shard the decoder layers now (model_parallel); else nothing."""
         from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
-
-        from .sharding import apply_fsdp2, fsdp_wrap_policy
 
         strategy = self._trainer.strategy if self._trainer is not None else None
         if isinstance(strategy, FSDPStrategy) and "auto_wrap_policy" not in strategy.kwargs:
@@ -266,7 +264,6 @@ class RegionTokensModule(L.LightningModule):
         (projector + config); safetensors.
 
         state: the trainable weights gathered from a sharded model (keys of this module); None: the live modules."""
-        from grounding.region_tokens import RegionProjector
 
         directory = Path(directory)
         # the processor beside the adapter: its image size is the trained one, which may not be the base's.

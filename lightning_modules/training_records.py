@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from eval.pope import objects_per_image
+from grounding.annotations import objects_per_image
 
 __all__ = ["CAPTION_PROMPT", "grounded_questions", "join_per_image", "caption_records", "records_file"]
 

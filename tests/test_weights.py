@@ -18,7 +18,7 @@ ROOT = Path(__file__).parents[1]
 SCRIPT = textwrap.dedent("""
     import json, sys, time
     from grounding import RegisterViT
-    from eval.runner import load_vlm
+    from grounding.vlm import load_vlm
 
     loaders = {"tower": lambda name: RegisterViT.from_pretrained(name),
                "vlm": lambda name: load_vlm(name, "float32", "cpu")}
@@ -69,7 +69,7 @@ def test_unreachable_hub_fails_fast_and_cache_is_used(tmp_path, tiny_reg_dir, ti
 
 
 def test_offline_hub_names_fail_at_once(monkeypatch):
-    from eval.runner import load_vlm
+    from grounding.vlm import load_vlm
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsNotFoundError, match="cannot load VLM 'acme/no-such-vlm'.*HF_HUB_OFFLINE=1 disables"):
@@ -79,7 +79,7 @@ def test_offline_hub_names_fail_at_once(monkeypatch):
 
 
 def test_directory_without_config_is_named(tmp_path):
-    from eval.runner import load_vlm
+    from grounding.vlm import load_vlm
 
     for load in (lambda: load_vlm(str(tmp_path), "float32", "cpu"), lambda: RegisterViT.from_pretrained(tmp_path)):
         with pytest.raises(WeightsNotFoundError, match=f"{tmp_path} is a directory but holds no config.json"):
@@ -93,7 +93,7 @@ def test_lora_folder_loads_merged_onto_its_base(tiny_llava_dir, tmp_path):
     from transformers import AutoModelForImageTextToText
 
     from eval.run_folder import weights_identity
-    from eval.runner import load_vlm
+    from grounding.vlm import load_vlm
 
     torch.manual_seed(0)
     base = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir, dtype=torch.float32)
@@ -132,7 +132,7 @@ def test_lora_chains_refuse_loops_and_read_relative_bases_beside_the_adapter(tin
     from transformers import AutoModelForImageTextToText
 
     from eval.run_folder import weights_identity
-    from eval.runner import load_vlm
+    from grounding.vlm import load_vlm
     from grounding.weights import lora_chain
 
     shutil.copytree(tiny_llava_dir, tmp_path / "pair" / "base")

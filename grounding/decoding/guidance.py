@@ -1,4 +1,6 @@
-"""Training-free grounded decoding for Hugging Face image-text-to-text models, through `generate()`'s own seam.
+"""Training-free grounded decoding for Hugging Face image-text-to-text models, through `generate()`'s own seam:
+the orchestrator, `ObjectGuidance` (branch images, prompts, which processor runs the branch). The processors are
+in `logits_process.py`, the mixing functions in `mixing.py`, chat encoding in `chat.py`, VCD noise in `noise.py`.
 
 A `BranchLogitsProcessor` owns a second branch - its own input_ids, image inputs (first pass only), attention
 mask and KV cache - like transformers' `UnbatchedClassifierFreeGuidanceLogitsProcessor`: it prefills once,
@@ -42,7 +44,6 @@ image's noised branch does not depend on what it is batched with.
 
 from __future__ import annotations
 
-import hashlib
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -51,124 +52,25 @@ from typing import Literal
 
 import torch
 from PIL import Image
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessorList
 
-from ..compat import merged_generation_config, multimodal_position_ids, rope_index_function
-from .highlight import diffusion_noise, jet_overlay, red_tint, remove_objects
+from ..compat import merged_generation_config
+from .chat import encode_chat
+from .highlight import jet_overlay, red_tint, remove_objects
+from .logits_process import BranchLogitsProcessor, PairedMixLogitsProcessor, check_paired_rows
+from .mixing import contrastive_mix, highlight_mix
+from .noise import image_key, noise_images
 from ..images import as_pil
 from ..objects.object_dino import ObjectDINO, ObjectDINOConfig
 from .rows import stack_rows
 from .prefix_cache import PrefixCache, generate_new_tokens
 from .sampling import sampling_settings, with_reference_sampling
 
-__all__ = ["GuidanceConfig", "BranchLogitsProcessor", "PairedMixLogitsProcessor", "ObjectGuidance", "highlight_mix",
-           "contrastive_mix", "positions_from_mask", "encode_chat", "check_paired_rows", "pixel_blocks"]
+__all__ = ["GuidanceConfig", "ObjectGuidance"]
 
 QUESTION_TEMPLATES = ("Answer this question based on the image: {prompt}",
                       "Answer this question by looking at the highlighted region: {prompt}")
 CAPTION_TEMPLATES = ("Please describe this image in detail.", "Please describe the highlighted regions in this image.")
-
-
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) attention mask -> (B, T) position ids, left padding at 0 (what generate() does)."""
-    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-
-
-def encode_chat(processor, images: Sequence[Image.Image], texts: Sequence[str], device, dtype) -> dict:
-    """One user turn per (image, text) through the processor's chat template; left padding; pixels in `dtype`."""
-    prompts = [processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}], add_generation_prompt=True)
-        for text in texts]
-    encoded = processor(images=list(images), text=prompts, return_tensors="pt", padding=True, padding_side="left")
-    return {k: (v.to(device=device, dtype=dtype) if k == "pixel_values" else v.to(device)) for k, v in encoded.items()}
-
-
-def highlight_mix(alpha: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """alpha z + (1 - alpha) z'; tokens banned in z (-inf from generate()'s own processors) stay banned, and a
-    zero weight drops its term (0 * -inf would be NaN)."""
-
-    def mix(original: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        mixed = original if alpha == 1 else alpha * original + (1 - alpha) * branch
-        return mixed.masked_fill(original == -float("inf"), -float("inf"))
-
-    return mix
-
-
-def contrastive_mix(a: float, beta: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    log_beta = float(torch.log(torch.tensor(beta)))
-
-    def mix(original: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        cutoff = log_beta + original.max(dim=-1, keepdim=True).values  # p(v) < beta * max p(v)
-        mixed = original if a == 0 else (1 + a) * original - a * branch  # a = 0: no 0 * -inf NaN
-        return mixed.masked_fill(original < cutoff, -float("inf"))
-
-    return mix
-
-
-class BranchLogitsProcessor(LogitsProcessor):
-    """Runs `model` on its own inputs alongside generate() and mixes the two next-token logits.
-
-    branch: input_ids (B, T'), attention_mask (B, T') left-padded, plus image inputs (pixel_values, ...) used on
-    the first step only; or input_ids, attention_mask and a `past_key_values` cache pre-filled with the first
-    positions (a `grounding.decoding.prefix_cache.SharedPrompt`), continued from there. Single use: the KV cache lives until `release()` or until the processor is dropped.
-    """
-
-    def __init__(self, model, branch: dict[str, torch.Tensor], mix: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
-        self.model = model
-        self.branch = dict(branch)
-        self.mix = mix
-        self.rope_index = rope_index_function(model)  # None for 1-D RoPE; raises for unsupported M-RoPE models
-        self.cache = None
-        self.attention_mask: torch.Tensor | None = None
-        self.positions: torch.Tensor | None = None  # (B, 1), or (4, B, 1) with multimodal rotary positions
-
-    @torch.no_grad()
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        batch = self.branch["input_ids"].shape[0]
-        if input_ids.shape[0] != batch:
-            raise ValueError(f"generate() runs {input_ids.shape[0]} sequences but the branch has {batch}: beam search "
-                             "and num_return_sequences > 1 are not supported by guided decoding")
-        if self.cache is None:
-            self.attention_mask = self.branch["attention_mask"]
-            positions = positions_from_mask(self.attention_mask)  # (B, T')
-            if self.rope_index is not None:
-                positions = multimodal_position_ids(self.rope_index, self.branch, positions)  # (4, B, T')
-            prefilled = self.branch.get("past_key_values")  # a shared prefix (`grounding.decoding.prefix_cache`)
-            if prefilled is not None:
-                start = prefilled.get_seq_length()
-                out = self.model(input_ids=self.branch["input_ids"][:, start:], attention_mask=self.attention_mask,
-                                 position_ids=positions[..., start:], past_key_values=prefilled, use_cache=True)
-            else:
-                out = self.model(**self.branch, position_ids=positions, use_cache=True)
-            self.positions = positions[..., -1:]
-        else:
-            self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(batch, 1)], dim=1)
-            self.positions = self.positions + 1
-            out = self.model(input_ids=input_ids[:, -1:], attention_mask=self.attention_mask,
-                             position_ids=self.positions, past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
-        branch_logits = out.logits[:, -1, :].to(scores.dtype)  # (B, V)
-        return self.mix(scores, branch_logits[:, : scores.shape[-1]])
-
-    def release(self) -> None:
-        self.cache = None
-        self.attention_mask = None
-        self.branch = {}
-
-
-class PairedMixLogitsProcessor(LogitsProcessor):
-    """For a 2B batch [original rows; branch rows]: mix row i with row i + B and give both the result."""
-
-    def __init__(self, mix: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
-        self.mix = mix
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if scores.shape[0] % 2:
-            raise ValueError(f"joint guidance needs 2B rows, got {scores.shape[0]}: beam search and "
-                             "num_return_sequences > 1 are not supported")
-        original, branch = scores.chunk(2, dim=0)
-        mixed = self.mix(original, branch)
-        return torch.cat([mixed, mixed], dim=0)
 
 
 @dataclass
@@ -199,10 +101,6 @@ class GuidanceConfig:
             raise ValueError(f"branches must be auto, separate or joint, got {self.branches!r}")
 
 
-def _image_key(image: Image.Image) -> str:
-    return hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
-
-
 class ObjectGuidance:
     """Object-DINO grounded decoding for any HF image-text-to-text model whose processor takes images + text."""
 
@@ -228,7 +126,7 @@ class ObjectGuidance:
         """(H, W) object map of each image at its size. The distinct images not cached yet go through the tower
         together: one call per tower input size (one call for the whole batch when the tower resizes to a fixed
         `preprocess.size`, or when the images share a size)."""
-        keys = [_image_key(image) for image in images]
+        keys = [image_key(image) for image in images]
         missing: dict[str, Image.Image] = {}
         for key, image in zip(keys, images):
             if key not in self._maps:
@@ -283,7 +181,7 @@ class ObjectGuidance:
         drawn: dict[str, Image.Image] = {}
         branches = []
         for image, object_map in zip(pils, maps):
-            key = _image_key(image)
+            key = image_key(image)
             if key not in drawn:
                 drawn[key] = self.branch_image(image, object_map)
             branches.append(drawn[key])
@@ -294,10 +192,7 @@ class ObjectGuidance:
         (other modes: nothing). `images` are the branch images, in the order their pixels lie in `encoded`."""
         if self.config.mode != "vcd":
             return
-        for offset, image in enumerate(images):
-            for part, block in enumerate(pixel_blocks(encoded, first + offset)):
-                seed = _noise_seed(self.config.seed, _image_key(image), part)
-                block.copy_(diffusion_noise(block, self.config.noise_step, seed=seed))
+        noise_images(encoded, images, first, self.config.seed, self.config.noise_step)
 
     def _encode_pair(self, model, images: Sequence, prompts: Sequence[str]) -> tuple[dict, dict]:
         pils, original_texts, branch_images, branch_texts = self._both(images, prompts)
@@ -418,44 +313,3 @@ class ObjectGuidance:
                                          **generate_kwargs)  # (2B, S)
         check_paired_rows(new_tokens, batch)
         return self.processor.batch_decode(new_tokens[:batch], skip_special_tokens=True)
-
-
-def check_paired_rows(new_tokens: torch.Tensor, batch: int) -> None:
-    """Joint branches: row i and row i + B must hold the same new tokens; raise naming the first row that drifted."""
-    if new_tokens.shape[0] != 2 * batch:
-        raise RuntimeError(f"joint guidance expected {2 * batch} rows back from generate(), got {new_tokens.shape[0]}")
-    differs = new_tokens[:batch] != new_tokens[batch:]  # (B, S)
-    rows = differs.any(-1).nonzero().flatten().tolist()
-    if rows:
-        row = rows[0]
-        step = int(differs[row].nonzero()[0])
-        raise RuntimeError(
-            f"joint guidance: row {row} and its branch row {row + batch} first differ at new token {step} "
-            f"({len(rows)} of {batch} rows drifted), so the answers would not be guided. Something after the mix "
-            "treats the rows differently (sampling, or a row-dependent logits processor); use branches='separate'.")
-
-
-def _noise_seed(seed: int, image_key: str, part: int) -> int:
-    digest = hashlib.sha1(f"{seed}:{image_key}:{part}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: a valid torch seed
-
-
-def pixel_blocks(encoded: dict, index: int) -> list[torch.Tensor]:
-    """Views of image `index`'s pixels in a processor's output, each noised from its own seed.
-
-    (B, C, H, W): one block; (B, P, C, H, W) (LLaVA-NeXT tiles, padded to the batch's most tiles): one block per
-    tile, so an image's real tiles get the same noise whatever the padding; (sum of patches, D) with
-    image_grid_thw (Qwen2-VL): the image's t*h*w patch rows."""
-    pixels = encoded["pixel_values"]
-    grid = encoded.get("image_grid_thw")
-    if grid is not None and pixels.ndim == 2:
-        counts = grid.prod(-1).tolist()
-        start = sum(counts[:index])
-        return [pixels[start : start + counts[index]]]  # (t*h*w, D)
-    if pixels.ndim == 4:
-        return [pixels[index]]  # (C, H, W)
-    if pixels.ndim == 5:
-        return list(pixels[index].unbind(0))  # P x (C, H, W)
-    raise ValueError(f"cannot tell image {index}'s pixels apart in pixel_values of shape {tuple(pixels.shape)}"
-                     f"{' with image_grid_thw' if grid is not None else ''}: VCD noise supports (B, C, H, W), "
-                     "(B, tiles, C, H, W) and Qwen2-VL's (patches, D) + image_grid_thw")

@@ -21,7 +21,6 @@ paper's log-binned descriptors.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -29,35 +28,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..tower.attention import attention_qk, strided_grid, strided_rope
 from ..tower.backbone import RegisterViT, TowerOutput
 
-__all__ = ["DenseExtractor", "DenseDescription", "FACETS", "facet_descriptors", "saliency_map", "log_bin",
-           "strided_rope"]
+__all__ = ["DenseExtractor", "DenseDescription", "FACETS", "facet_descriptors", "saliency_map", "log_bin"]
 
 Facet = Literal["key", "query", "value", "token"]
 FACETS: tuple[str, ...] = ("key", "query", "value", "token")
 _QKV = {"query": "q", "key": "k", "value": "v"}
-
-
-def _grid(height: int, width: int, patch: int, stride: int) -> tuple[int, int]:
-    return 1 + (height - patch) // stride, 1 + (width - patch) // stride
-
-
-def strided_rope(inv_freq: torch.Tensor, input_size: tuple[int, int], patch: int, stride: int,
-                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """DINOv3's rotary (cos, sin) tables, (N, head_dim) each, for patches centred at i * stride + patch / 2.
-
-    The same construction as the model's own tables (coordinates in [-1, 1] relative to the input size, angles
-    2 pi * coordinate * inv_freq for y then x, tiled twice), at the centres of the overlapping patches.
-    """
-    height, width = input_size
-    grid_h, grid_w = _grid(height, width, patch, stride)
-    device = inv_freq.device
-    ys = (torch.arange(grid_h, device=device, dtype=torch.float32) * stride + patch / 2) / height  # (h,)
-    xs = (torch.arange(grid_w, device=device, dtype=torch.float32) * stride + patch / 2) / width  # (w,)
-    coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).flatten(0, 1) * 2.0 - 1.0  # (N, 2)
-    angles = (2 * math.pi * coords[:, :, None] * inv_freq.float()[None, None, :]).flatten(1, 2).tile(2)  # (N, hd)
-    return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
 
 
 def _layer_index(layer: int, num_layers: int) -> int:
@@ -94,8 +72,6 @@ def saliency_map(out: TowerOutput, tower: RegisterViT | None = None,
     attention saw them (`tower` is needed to rotate pre-rotary DINOv3 q/k). An image whose map is flat (e.g. a
     uniform image) gets all zeros: no salient region, never NaN.
     """
-    from ..objects.discovery import attention_qk
-
     q, k = attention_qk(out, tower, -1)  # (B, H, T, d) each
     if heads is not None:
         heads = list(heads)
@@ -216,7 +192,7 @@ class DenseExtractor:
             interpolate = embeddings.interpolate_pos_encoding  # the model's own (bound) interpolation
 
             def strided_interpolation(tokens, height, width):
-                grid_h, grid_w = _grid(height, width, patch, stride)
+                grid_h, grid_w = strided_grid(height, width, patch, stride)
                 return interpolate(tokens, grid_h * patch, grid_w * patch)  # it sizes the table as height // patch
 
             embeddings.interpolate_pos_encoding = strided_interpolation  # this instance only, undone below

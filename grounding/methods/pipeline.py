@@ -42,7 +42,9 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils.chat_template_utils import Chat
 
 from ..images import as_pil
-from .registry import Baseline, build_method, needs_tower
+from ..tower.backbone import RegisterViT
+from .baseline import Baseline
+from .registry import build_method, needs_tower
 from ..decoding.rows import stack_rows
 
 __all__ = ["GroundedImageTextToTextPipeline", "grounded_pipeline", "register_grounded_pipeline",
@@ -69,8 +71,6 @@ class GroundedImageTextToTextPipeline(ImageTextToTextPipeline):
                 raise ValueError(f"method {method!r} needs a grounding tower: pass tower=RegisterViT(...) or "
                                  "tower='facebook/dinov2-with-registers-base' (a hub name or a local directory)")
             if isinstance(tower, str):
-                from ..tower.backbone import RegisterViT
-
                 tower = RegisterViT.from_pretrained(tower, device=str(self.device),
                                                     preprocess={"short_side": tower_short_side})
             method = build_method(method, tower, self.processor, **(method_options or {}))

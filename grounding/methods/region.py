@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .registry import Baseline, register_method
+from .baseline import Baseline
+from .registry import register_method
 from ..region_tokens.modeling import RegionGrounding
 from ..weights import saves_processor
 

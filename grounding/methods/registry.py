@@ -1,8 +1,9 @@
-"""Registry of grounding methods by name: what the eval runner and the CLI look up.
+"""Registry of grounding methods by name: what the eval runner and the CLI look up. A leaf: it imports no method.
 
 A method is built as `factory(tower, processor, **options)` and answers
 `method.generate(model, images, prompts, **generate_kwargs) -> list[str]`. Register new ones with
-`@register_method("name")`; the runner needs no change.
+`@register_method("name")`; the runner needs no change. The built-in methods (`baseline.py`, `guided.py`,
+`region.py`) register themselves when `grounding.methods` imports them, as timm's `@register_model` does.
 
 Every built-in method samples from the full softmax unless top_k / top_p are given (`grounding.decoding.sampling`), and
 sets `method.generation_settings` to the decoding settings its last generate() call used;
@@ -22,17 +23,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-import torch
-
-from ..decoding.guidance import GuidanceConfig, ObjectGuidance, encode_chat
-from ..images import as_pil
-from ..decoding.prefix_cache import PrefixCache, generate_new_tokens
-from ..decoding.sampling import sampling_settings, with_reference_sampling
-
-__all__ = ["METHODS", "register_method", "build_method", "Baseline", "needs_tower", "sampling_settings",
-           "check_method_options"]
+__all__ = ["METHODS", "register_method", "build_method", "needs_tower", "check_method_options"]
 
 METHODS: dict[str, Callable] = {}
 _NEEDS_TOWER: set[str] = set()
@@ -136,39 +129,3 @@ def build_method(name: str, tower=None, processor=None, **options):
     if name not in METHODS:
         raise KeyError(f"unknown grounding method {name!r}; choose from {sorted(METHODS)}")
     return METHODS[name](tower, processor, **options)
-
-
-@register_method("baseline", options=set())
-class Baseline:
-    """Plain `model.generate` with the same chat prompt building and left padding as the guided methods."""
-
-    def __init__(self, tower=None, processor=None, **_):
-        self.processor = processor
-        self.generation_settings: dict | None = None  # decoding settings of the last generate() call
-        self.prefix_cache: PrefixCache | None = None  # set to share image prefixes across rows (same answers)
-
-    @torch.no_grad()
-    def generate(self, model, images: Sequence, prompts: Sequence[str], **generate_kwargs) -> list[str]:
-        generate_kwargs = with_reference_sampling(model, generate_kwargs)
-        self.generation_settings = sampling_settings(generate_kwargs, model)
-        inputs = encode_chat(self.processor, [as_pil(i) for i in images], prompts, model.device, model.dtype)
-        new_tokens = generate_new_tokens(model, inputs, self.prefix_cache, **generate_kwargs)
-        return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
-
-
-@register_method("highlight", needs_tower=True, options=GuidanceConfig)
-def _highlight(tower, processor, **options):
-    return ObjectGuidance(tower, processor, mode="highlight", **options)
-
-
-@register_method("masked-contrast", needs_tower=True, options=GuidanceConfig)
-def _masked_contrast(tower, processor, **options):
-    return ObjectGuidance(tower, processor, mode="masked-contrast", **options)
-
-
-@register_method("vcd", options=GuidanceConfig)
-def _vcd(tower, processor, **options):
-    return ObjectGuidance(tower, processor, mode="vcd", **options)
-
-
-from . import region  # noqa: E402,F401  (registers "region-tokens")

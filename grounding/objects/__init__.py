@@ -1,8 +1,13 @@
-"""Object maps and single-object discovery: Object-DINO, the published cuts (LOST, TokenCut, DINO-seg), regions."""
+"""Object maps and single-object discovery: Object-DINO, the published cuts (LOST, TokenCut, DINO-seg), regions.
 
-from .discovery import DEFAULT_METHOD, DISCOVERY_METHODS, DiscoveryOutput, discover
+regions.py <- cuts.py <- object_dino.py <- discovery.py (the registry of discovery methods by name).
+"""
+
+from .cuts import DiscoveryOutput, PatchBox
+from .discovery import DEFAULT_METHOD, DISCOVERY_METHODS, discover, register_discovery
 from .object_dino import ObjectDINO, ObjectDINOConfig, ObjectDINOOutput
 from .regions import Region, object_regions, upsample_maps
 
 __all__ = ["ObjectDINO", "ObjectDINOConfig", "ObjectDINOOutput", "DEFAULT_METHOD", "DISCOVERY_METHODS",
-           "DiscoveryOutput", "discover", "Region", "object_regions", "upsample_maps"]
+           "DiscoveryOutput", "PatchBox", "discover", "register_discovery", "Region", "object_regions",
+           "upsample_maps"]

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..tower.backbone import TowerOutput
+from .cuts import DiscoveryOutput, PatchBox, Polarity, cut, discovery_output
 from ..kmeans import kmeans
 from .regions import upsample_maps
 
@@ -198,8 +199,15 @@ class ObjectDINO:
         norms = affinity.diagonal(dim1=-2, dim2=-1).clamp_min(1e-12).sqrt()  # (B, N)
         return affinity / (norms[:, :, None] * norms[:, None, :])
 
-    def discover(self, out: TowerOutput):
-        """One box per image: TokenCut (tau = -0.35) on Object-DINO discovery features. See `grounding.objects.discovery`."""
-        from .discovery import discover
+    def cut(self, out: TowerOutput, tau: float | None = None, centre: bool = False, adaptive: bool = False,
+            polarity: Polarity = "seed") -> list[PatchBox]:
+        """TokenCut on Object-DINO discovery features, one `PatchBox` per image (the "object-dino" discovery
+        method's step; tau None: the config's `tokencut_tau`)."""
+        analysis = self.analyse(out)
+        affinity = self.discovery_affinity(out, analysis.selected)  # (B, N, N)
+        tau = self.config.tokencut_tau if tau is None else tau
+        return [cut(a, out.grid, tau, self.config.tokencut_eps, centre, adaptive, polarity) for a in affinity]
 
-        return discover("object-dino", out, object_dino=self)
+    def discover(self, out: TowerOutput) -> DiscoveryOutput:
+        """One box per image: TokenCut (tau = -0.35) on Object-DINO discovery features. See `grounding.objects.discovery`."""
+        return discovery_output(self.cut(out), out)

@@ -17,15 +17,18 @@ from __future__ import annotations
 import functools
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..compat import image_features_as_list, image_features_like
-from .modeling import RegionGrounding, extract_regions, pool_vlm_features
+from ..weights import PROJECTOR_ATTRIBUTE
+from .features import extract_regions, pool_vlm_features
 
-__all__ = ["RegionHandle", "attach", "pixels_to_rgb", "image_feature_owner"]
+if TYPE_CHECKING:  # the annotation only: modeling.py imports this module (RegionGrounding.attach calls attach)
+    from .modeling import RegionGrounding
 
-PROJECTOR_ATTRIBUTE = "region_projector"
+__all__ = ["RegionHandle", "attach", "pixels_to_rgb", "image_feature_owner", "PROJECTOR_ATTRIBUTE"]
 
 
 def image_feature_owner(model):

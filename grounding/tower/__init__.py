@@ -1,5 +1,8 @@
-"""The grounding tower: RegisterViT (load, preprocess, q/k/v of every layer) and the facts read off its output."""
+"""The grounding tower: RegisterViT (load, q/k/v of every layer), its pixel processor, and the facts read off its
+output (q/k as attention sees them, rotary tables, register artifacts)."""
 
+from .attention import attention_qk, strided_grid, strided_rope
 from .backbone import PreprocessConfig, RegisterViT, TowerConfig, TowerOutput, WeightsNotFoundError
 
-__all__ = ["PreprocessConfig", "RegisterViT", "TowerConfig", "TowerOutput", "WeightsNotFoundError"]
+__all__ = ["PreprocessConfig", "RegisterViT", "TowerConfig", "TowerOutput", "WeightsNotFoundError", "attention_qk",
+           "strided_grid", "strided_rope"]

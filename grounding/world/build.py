@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path

@@ -6,7 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from grounding.decoding.guidance import ObjectGuidance, encode_chat, positions_from_mask
+from grounding.decoding.guidance import ObjectGuidance
+from grounding.decoding.chat import encode_chat
+from grounding.decoding.logits_process import positions_from_mask
 from grounding.decoding.highlight import diffusion_noise, jet_overlay, red_tint, remove_objects
 from grounding.methods import build_method
 from tiny_vlm import make_tiny_llava, make_tiny_llava_next, photos
@@ -76,7 +78,7 @@ def test_sampling_and_contrast_modes_run(tower):
 
 
 def test_contrastive_mix_formula_and_plausibility_cut():
-    from grounding.decoding.guidance import contrastive_mix
+    from grounding.decoding.mixing import contrastive_mix
 
     z = torch.tensor([[2.0, 1.0, -5.0]])
     zc = torch.tensor([[1.0, 2.0, 0.0]])

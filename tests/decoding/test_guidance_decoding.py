@@ -5,8 +5,11 @@ import pytest
 import torch
 from transformers import GenerationConfig, LogitsProcessor
 
-from grounding.decoding.guidance import (ObjectGuidance, check_paired_rows, encode_chat, highlight_mix, pixel_blocks,
-                                positions_from_mask)
+from grounding.decoding.guidance import ObjectGuidance
+from grounding.decoding.chat import encode_chat
+from grounding.decoding.logits_process import check_paired_rows, positions_from_mask
+from grounding.decoding.mixing import highlight_mix
+from grounding.decoding.noise import pixel_blocks
 from grounding.methods import build_method, sampling_settings
 from grounding.decoding.sampling import with_reference_sampling
 from tiny_vlm import make_tiny_llava, make_tiny_llava_next, photos

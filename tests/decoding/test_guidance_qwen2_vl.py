@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from grounding.compat import rope_index_function
-from grounding.decoding.guidance import ObjectGuidance, encode_chat, pixel_blocks, positions_from_mask
+from grounding.decoding.guidance import ObjectGuidance
+from grounding.decoding.chat import encode_chat
+from grounding.decoding.logits_process import positions_from_mask
+from grounding.decoding.noise import pixel_blocks
 from tiny_qwen2_vl import make_tiny_qwen2_vl, vision_token_ids
 from tiny_vlm import photos
 

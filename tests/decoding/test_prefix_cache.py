@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from grounding.decoding.guidance import ObjectGuidance, encode_chat
+from grounding.decoding.guidance import ObjectGuidance
+from grounding.decoding.chat import encode_chat
 from grounding.methods import build_method
 from grounding.decoding.prefix_cache import PrefixCache, generate_new_tokens
 from tiny_vlm import make_tiny_llava, make_tiny_llava_next, photos

@@ -16,7 +16,8 @@ from grounding import RegisterViT
 from grounding.descriptors.correspond import CorrespondenceConfig, best_buddies, correspondences
 from grounding.descriptors.cosegment import CosegmentConfig, cosegment
 from grounding.descriptors.pca import pca_project, pca_rgb
-from grounding.descriptors import DenseExtractor, facet_descriptors, log_bin, saliency_map, strided_rope
+from grounding.descriptors import DenseExtractor, facet_descriptors, log_bin, saliency_map
+from grounding.tower.attention import strided_rope
 from grounding.objects.object_dino import ObjectDINO
 from grounding.descriptors.part_cosegment import PartsConfig, part_cosegment
 
@@ -121,7 +122,7 @@ def test_strided_rope_is_the_models_rope_at_the_shared_centres(towers):
 
 
 def test_strided_dinov3_rotates_captured_q_k_at_the_strided_centres(tiny_dinov3_dir):
-    from grounding.objects.discovery import attention_qk
+    from grounding.tower.attention import attention_qk
 
     pre = RegisterViT.from_pretrained(tiny_dinov3_dir, qk_position="pre_rope")
     post = RegisterViT.from_pretrained(tiny_dinov3_dir, qk_position="post_rope")

@@ -104,7 +104,7 @@ def test_shipped_world_llava_answers_world_questions(built, tmp_path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from eval.pope import parse_answer
-    from grounding.decoding.guidance import encode_chat
+    from grounding.decoding.chat import encode_chat
     from grounding.images import load_image
     from grounding.methods import build_method
     from grounding.world import build_world

@@ -110,10 +110,11 @@ def test_regions_and_empty_masks():
 
 # ---------------------------------------------------------------- backbones whose keys share one large component
 from grounding.objects.discovery import (  # noqa: E402
-    DEFAULT_METHOD, DISCOVERY_METHODS, adaptive_tau, attention_qk, border_share, centred_cosine, cls_attention,
+    DEFAULT_METHOD, DISCOVERY_METHODS, adaptive_tau, border_share, centred_cosine, cls_attention,
     discover,
     double_centre, orient_maps,
 )
+from grounding.tower.attention import attention_qk  # noqa: E402
 
 
 def test_centring_is_exact_and_removes_any_shared_offset():

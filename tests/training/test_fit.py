@@ -113,7 +113,7 @@ def test_fit_resume_and_export(setup, tmp_path, capsys):
 
     # lora/'s processor is the plain model's (attach adds the region tokens again), from both export paths; loaded as
     # a plain VLM a region-token LoRA is refused (it would run without its region tokens), with the way to run it
-    from eval.runner import load_vlm
+    from grounding.vlm import load_vlm
     from grounding.weights import WeightsNotFoundError
 
     plain = AutoProcessor.from_pretrained(root / "vlm").num_additional_image_tokens
@@ -312,7 +312,7 @@ def test_a_fit_on_a_lora_export_reloads_whole(tmp_path, tiny_llava_dir):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from eval.runner import load_vlm
+    from grounding.vlm import load_vlm
     from grounding.region_tokens import RegionConfig
     from lightning_modules.module import RegionTokensModule
 

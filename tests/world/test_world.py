@@ -13,7 +13,8 @@ from pycocotools.coco import COCO
 
 from eval.chair import ChairScorer
 from eval.cli import main
-from eval.pope import build_pope, objects_per_image
+from eval.pope import build_pope
+from grounding.annotations import objects_per_image
 from grounding.world import WorldConfig, build_world
 
 REPO = Path(__file__).resolve().parents[2]
