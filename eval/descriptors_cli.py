@@ -25,29 +25,6 @@ def _label_colours(count: int):
     return (np.asarray(colormaps[name](np.arange(max(count, 1)) % size))[:, :3] * 255).astype(np.uint8)  # (n, 3)
 
 
-def _grid_to_image(grid, size: tuple[int, int], nearest: bool):
-    """(h, w[, c]) grid values -> (H, W[, c]) numpy over the image (the grid spread over the whole image)."""
-    import torch.nn.functional as F
-
-    x = grid.float()
-    x = x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None]
-    mode = "nearest" if nearest else "bilinear"
-    up = F.interpolate(x, size=size, mode=mode, **({} if nearest else {"align_corners": False}))[0]
-    return (up[0] if grid.ndim == 2 else up.permute(1, 2, 0)).cpu().numpy()
-
-
-def _side_by_side(*pictures):
-    from PIL import Image
-
-    width = sum(p.width for p in pictures) + 4 * (len(pictures) - 1)
-    canvas = Image.new("RGB", (width, max(p.height for p in pictures)), (255, 255, 255))
-    x = 0
-    for picture in pictures:
-        canvas.paste(picture, (x, 0))
-        x += picture.width + 4
-    return canvas
-
-
 def _blend(image, colours, where, alpha: float = 0.55):
     """Paint (H, W, 3) colours over the image where the (H, W) bool array is set; dim everything else."""
     import numpy as np
@@ -70,13 +47,14 @@ def write_pca(described, images, names: Sequence[str], out_dir: Path, settings: 
     from PIL import Image
 
     from grounding.descriptors.pca import pca_project, pca_rgb
+    from grounding.viz import grid_to_image, side_by_side
 
     folder = Path(out_dir) / "pca"
     folder.mkdir(parents=True, exist_ok=True)
     pictures = pca_rgb([d.descriptors for d in described])
     for name, image, rgb in zip(names, images, pictures):
-        up = _grid_to_image(rgb, (image.height, image.width), nearest=False)
-        _side_by_side(image, Image.fromarray((up * 255).round().clip(0, 255).astype(np.uint8))).save(
+        up = grid_to_image(rgb, (image.height, image.width), nearest=False)
+        side_by_side(image, Image.fromarray((up * 255).round().clip(0, 255).astype(np.uint8))).save(
             folder / f"{Path(name).stem}.png")
     _, variance = pca_project(torch.cat([d.descriptors.reshape(-1, d.descriptors.shape[-1]) for d in described]), 4)
     return {**_common(described, names, settings), "explained_variance": [round(float(v), 6) for v in variance],
@@ -89,6 +67,7 @@ def write_cosegment(described, images, names: Sequence[str], out_dir: Path, sett
     from PIL import Image
 
     from grounding.descriptors.cosegment import cosegment
+    from grounding.viz import grid_to_image, side_by_side
 
     folder = Path(out_dir) / "cosegment"
     folder.mkdir(parents=True, exist_ok=True)
@@ -97,11 +76,11 @@ def write_cosegment(described, images, names: Sequence[str], out_dir: Path, sett
     records = []
     for name, image, mask, labels in zip(names, images, result.masks, result.labels):
         size = (image.height, image.width)
-        full = _grid_to_image(mask, size, nearest=True) > 0.5
-        clusters = palette[_grid_to_image(labels, size, nearest=True).astype(int)]
+        full = grid_to_image(mask, size, nearest=True) > 0.5
+        clusters = palette[grid_to_image(labels, size, nearest=True).astype(int)]
         stem = Path(name).stem
         Image.fromarray((full * 255).astype(np.uint8)).save(folder / f"{stem}_mask.png")
-        _side_by_side(image, _blend(image, np.asarray(image, dtype=np.float32), full, alpha=0.0),
+        side_by_side(image, _blend(image, np.asarray(image, dtype=np.float32), full, alpha=0.0),
                       Image.fromarray(clusters)).save(folder / f"{stem}.png")
         records.append({"image": name, "foreground": round(float(mask.float().mean()), 4),
                         "picture": f"cosegment/{stem}.png", "mask": f"cosegment/{stem}_mask.png"})
@@ -117,6 +96,7 @@ def write_parts(described, images, names: Sequence[str], out_dir: Path, settings
     import numpy as np
 
     from grounding.descriptors.part_cosegment import part_cosegment
+    from grounding.viz import grid_to_image, side_by_side
 
     folder = Path(out_dir) / "parts"
     folder.mkdir(parents=True, exist_ok=True)
@@ -124,9 +104,9 @@ def write_parts(described, images, names: Sequence[str], out_dir: Path, settings
     palette = _label_colours(max(result.num_parts, 1)).astype(np.float32)
     record = _common(described, names, settings)
     for entry, image, parts in zip(record["images"], images, result.parts):
-        labels = _grid_to_image(parts, (image.height, image.width), nearest=True).astype(int)  # (H, W), -1: background
+        labels = grid_to_image(parts, (image.height, image.width), nearest=True).astype(int)  # (H, W), -1: background
         stem = Path(entry["image"]).stem
-        _side_by_side(image, _blend(image, palette[labels.clip(0)], labels >= 0)).save(folder / f"{stem}.png")
+        side_by_side(image, _blend(image, palette[labels.clip(0)], labels >= 0)).save(folder / f"{stem}.png")
         entry.update(picture=f"parts/{stem}.png",
                      parts=[round(float((parts == p).float().mean()), 4) for p in range(result.num_parts)])
     return {**record, "num_parts": result.num_parts, "cosegment_k": result.cosegmentation.k}
@@ -137,13 +117,14 @@ def write_correspondences(described, images, names: Sequence[str], out_dir: Path
     from PIL import ImageDraw
 
     from grounding.descriptors.correspond import correspondences
+    from grounding.viz import side_by_side
 
     if len(described) < 2:
         raise ValueError("correspond needs two images (got one); put two in --images or name them with --pair")
     first, second = described[:2]
     found = correspondences(first.descriptors, second.descriptors, first.saliency, second.saliency, config)
     points1, points2 = first.centres(found.cells1), second.centres(found.cells2)  # (K, 2) x, y
-    canvas = _side_by_side(images[0], images[1])
+    canvas = side_by_side(images[0], images[1])
     pen = ImageDraw.Draw(canvas)
     palette = _label_colours(len(found))
     shift = images[0].width + 4

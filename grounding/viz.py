@@ -11,9 +11,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-__all__ = ["overlay", "draw_boxes", "norm_histograms", "head_cluster_grid", "figure_to_image", "new_figure"]
+__all__ = ["overlay", "draw_boxes", "norm_histograms", "head_cluster_grid", "figure_to_image", "new_figure",
+           "grid_to_image", "side_by_side"]
 
 BOX_COLOURS = ["#ff3b30", "#34c759", "#007aff", "#ffcc00", "#af52de", "#ff9500", "#5ac8fa", "#ff2d55"]
 
@@ -94,3 +96,24 @@ def head_cluster_grid(labels: torch.Tensor, object_cluster: int, title: str = ""
     axis.set_title(title or f"head clusters (dots: object cluster {object_cluster})", fontsize=8)
     figure.tight_layout()
     return figure_to_image(figure)
+
+
+def grid_to_image(grid: torch.Tensor, size: tuple[int, int], nearest: bool) -> np.ndarray:
+    """(h, w[, c]) grid values -> (H, W[, c]) numpy over the image (the grid spread over the whole image)."""
+
+    x = grid.float()
+    x = x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None]
+    mode = "nearest" if nearest else "bilinear"
+    up = F.interpolate(x, size=size, mode=mode, **({} if nearest else {"align_corners": False}))[0]
+    return (up[0] if grid.ndim == 2 else up.permute(1, 2, 0)).cpu().numpy()
+
+
+def side_by_side(*pictures: Image.Image) -> Image.Image:
+    """The pictures left to right on a white canvas, 4 pixels apart."""
+    width = sum(p.width for p in pictures) + 4 * (len(pictures) - 1)
+    canvas = Image.new("RGB", (width, max(p.height for p in pictures)), (255, 255, 255))
+    x = 0
+    for picture in pictures:
+        canvas.paste(picture, (x, 0))
+        x += picture.width + 4
+    return canvas

@@ -2,7 +2,8 @@
 output (q/k as attention sees them, rotary tables, register artifacts)."""
 
 from .attention import attention_qk, strided_grid, strided_rope
-from .backbone import PreprocessConfig, RegisterViT, TowerConfig, TowerOutput, WeightsNotFoundError
+from .backbone import RegisterViT, TowerConfig, TowerOutput, WeightsNotFoundError
+from .processing import PreprocessConfig, TowerProcessor
 
-__all__ = ["PreprocessConfig", "RegisterViT", "TowerConfig", "TowerOutput", "WeightsNotFoundError", "attention_qk",
+__all__ = ["PreprocessConfig", "TowerProcessor", "RegisterViT", "TowerConfig", "TowerOutput", "WeightsNotFoundError", "attention_qk",
            "strided_grid", "strided_rope"]
