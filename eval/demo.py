@@ -100,9 +100,11 @@ def _one_photo(item, tower, maps_od: ObjectDINO, discovery_od: ObjectDINO, out_d
                           "complete_graph": degenerate}
     full_map = upsample_maps(analysis.maps, out.patch_scale, out.image_sizes)[0]
     picture = draw_boxes(overlay(image, full_map, alpha=0.45), list(boxes.values()), list(boxes))
-    draw_boxes(picture, item.boxes, ["gt"] * len(item.boxes), width=1).save(out_dir / "overlays" / f"{item.path.stem}.png")
+    draw_boxes(picture, item.boxes, ["gt"] * len(item.boxes), width=1).save(
+        out_dir / "overlays" / f"{item.path.stem}.png")
     head_cluster_grid(analysis.labels[0], int(analysis.object_cluster[0]),
-                      f"{item.path.name}: Object-DINO head clusters (k=5)").save(out_dir / "heads" / f"{item.path.stem}.png")
+                      f"{item.path.name}: Object-DINO head clusters (k=5)").save(
+        out_dir / "heads" / f"{item.path.stem}.png")
     return record
 
 

@@ -25,7 +25,8 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML file with any of these options")
     parser.add_argument("--model", help="VLM hub name or local directory (image-text-to-text)")
     parser.add_argument("--images", help="folder of the benchmark images (e.g. COCO val2014)")
-    parser.add_argument("--methods", default="baseline", help="comma-separated: baseline,highlight,masked-contrast,vcd,region-tokens")
+    parser.add_argument("--methods", default="baseline",
+                        help="comma-separated: baseline,highlight,masked-contrast,vcd,region-tokens")
     parser.add_argument("--out", help="run folder")
     parser.add_argument("--tower", default="facebook/dinov2-with-registers-base", help="grounding tower (hub or dir)")
     parser.add_argument("--tower-short-side", type=positive_int, default=224)

@@ -78,7 +78,8 @@ def retrain(work: str | Path, only: str | None = None, train_images: int | None 
     """Both recipes (or `only` one); `train_images` / `overrides` shrink them for smoke tests.
 
     gpu=True trains with the one-GPU recipes (configs/train/world_*_gpu.yaml, `TRAIN_WORLD_GPU`); otherwise the
-    2-CPU recipes (`TRAIN_WORLD`), which made the shipped weights. The base models come from this machine's asset cache ($VLM_GROUNDING_CACHE).
+    2-CPU recipes (`TRAIN_WORLD`), which made the shipped weights. The base models come from this machine's asset
+    cache ($VLM_GROUNDING_CACHE).
     """
     from grounding import assets
     from grounding.world import build_world
@@ -103,8 +104,9 @@ def retrain(work: str | Path, only: str | None = None, train_images: int | None 
         base = assets.build(assets.LLAVA)
         aligned = work / "world_llava" / "projector_init.safetensors"
         if not aligned.is_file():  # stage 1: the projector fitted to the train split's masks
+            image_size = yaml.safe_load(config.read_text())["model"].get("image_size")
             align_projector(str(base), world / "images", world / "annotations" / "instances.json", aligned,
-                            yaml.safe_load(config.read_text())["model"].get("image_size"), device="cuda" if gpu else "cpu")
+                            image_size, device="cuda" if gpu else "cpu")
         alignment = json.loads(aligned.with_suffix(".json").read_text())
         # an alignment reused from an earlier run (same work folder) counts with the time it took then
         align_seconds = max(time.perf_counter() - start, float(alignment.get("seconds", 0.0)))
@@ -125,7 +127,8 @@ def retrain(work: str | Path, only: str | None = None, train_images: int | None 
         package_adapter(exported / "lora", target / "lora")
         shutil.copy(exported / "region_projector.safetensors", target / "region_projector.safetensors")
         config = json.loads((exported / "region_grounding.json").read_text())
-        config["tower"] = SHIPPED_TOWER  # not this machine's path: `grounding assets build` points it at the local cache
+        # not this machine's path: `grounding assets build` points it at the local cache
+        config["tower"] = SHIPPED_TOWER
         (target / "region_grounding.json").write_text(json.dumps(config, indent=2) + "\n")
         records["world-llava-regions"] = _recipe(target, work / "world_regions", seconds, train_world)
         assets.build(assets.WORLD_REGIONS, force=True)
@@ -138,11 +141,11 @@ def _recipe(target: Path, run: Path, seconds: float, train_world: dict, alignmen
     losses = []
     for metrics in run.glob("**/metrics.csv"):
         losses += [float(r["train/loss"]) for r in csv.DictReader(metrics.open()) if r.get("train/loss")]
+    on_gpu = torch.cuda.is_available() and config["trainer"].get("accelerator") != "cpu"
     recipe = {"image_size": config["model"].get("image_size"), "train_world": train_world,
               "max_steps": config["trainer"]["max_steps"], "batch_size": config["data"]["batch_size"],
               "train_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
-              "device": torch.cuda.get_device_name() if torch.cuda.is_available() and config["trainer"].get("accelerator") != "cpu"
-              else "cpu",
+              "device": torch.cuda.get_device_name() if on_gpu else "cpu",
               "final_loss_mean_last_5_logs": round(sum(losses[-5:]) / max(1, len(losses[-5:])), 4) if losses else None,
               "config": config}
     if alignment is not None:  # stage 1 (lightning_modules.align): its statistics; its time is in train_seconds

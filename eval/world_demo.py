@@ -122,7 +122,8 @@ def _pope_items(world: Path, instances: dict, cfg: WorldDemoConfig, out: Path) -
         for q in questions:
             key = f"{q['image']}|{q['text']}"
             items.setdefault(key, Item(key, world / "images" / q["image"], q["text"], {"question": q["text"]}))
-            rows.append({"key": key, "image": q["image"], "label": q["label"], "object": q["text"][len("Is there a "):-len(" in the image?")]})
+            name = q["text"][len("Is there a "):-len(" in the image?")]
+            rows.append({"key": key, "image": q["image"], "label": q["label"], "object": name})
         splits[split] = rows
     if not items:
         raise ValueError(f"no test image holds 3 objects: generate more images (--world-images > {cfg.images})")
@@ -252,7 +253,8 @@ def discovery_table(world: Path, instances: dict, tower, draws: int, map_k: int 
         hits, ious = np.array(correct[method], dtype=float), np.array(mask_iou[method])
         table[method] = {
             "corloc": _figure(100 * hits.mean(), bootstrap_interval(lambda s: 100 * hits[s].mean(), len(hits), draws)),
-            "mask_iou": _figure(100 * ious.mean(), bootstrap_interval(lambda s: 100 * ious[s].mean(), len(ious), draws)),
+            "mask_iou": _figure(100 * ious.mean(),
+                                bootstrap_interval(lambda s: 100 * ious[s].mean(), len(ious), draws)),
             "images": len(hits)}
     return table
 
@@ -280,9 +282,11 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
     tower = cfg.tower or str(assets.require(assets.VIT))
     options = {name: dict(values) for name, values in cfg.method_options.items()}
     if "region-tokens" in cfg.methods:
-        options.setdefault("region-tokens", {}).setdefault("adapter", cfg.regions or str(assets.require(assets.WORLD_REGIONS)))
+        adapter = cfg.regions or str(assets.require(assets.WORLD_REGIONS))
+        options.setdefault("region-tokens", {}).setdefault("adapter", adapter)
     world, instances = _world(out, cfg)
-    grounding_tower = RegisterViT.from_pretrained(tower, device=cfg.device, preprocess={"short_side": 224})  # one load: examples + discovery
+    # one load: examples + discovery
+    grounding_tower = RegisterViT.from_pretrained(tower, device=cfg.device, preprocess={"short_side": 224})
     _fresh_runs(out, {"config": asdict(cfg), "model": weights_identity(model), "tower": weights_identity(tower),
                       "regions": weights_identity(options.get("region-tokens", {}).get("adapter"))})
     pairs = json.loads((world / "world.json").read_text())["config"]["pairs"]
@@ -292,9 +296,10 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
     start = time.perf_counter()
     items, splits = _pope_items(world, instances, cfg, out)
     run = RunConfig(model=model, methods=list(cfg.methods), out=str(out / "pope" / "runs"), tower=tower,
-                    tower_short_side=224, batch_size=cfg.batch_size, max_new_tokens=8, device=cfg.device, dtype=cfg.dtype,
-                    method_options=options)
-    answered = run_methods(run, items, "question", lambda predictions: {"answered": sum("answer" in p for p in predictions)},
+                    tower_short_side=224, batch_size=cfg.batch_size, max_new_tokens=8, device=cfg.device,
+                    dtype=cfg.dtype, method_options=options)
+    answered = run_methods(run, items, "question",
+                           lambda predictions: {"answered": sum("answer" in p for p in predictions)},
                            extra_config={"world": str(world)})
     pope = {}
     files = {im["id"]: im["file_name"] for im in instances["images"]}
@@ -305,8 +310,8 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
         pope[method]["answered"] = answered.get(method, {}).get("answered")
         pope[method]["partner_trap"] = partner_trap(splits, answers, present, pairs)
     timings["pope_s"] = round(time.perf_counter() - start, 1)
-    examples = partner_examples(world, splits["adversarial"], partners, {m: _answers(out / "pope" / "runs" / m)
-                                                                          for m in cfg.methods}, grounding_tower, cfg, out)
+    runs_answers = {m: _answers(out / "pope" / "runs" / m) for m in cfg.methods}
+    examples = partner_examples(world, splits["adversarial"], partners, runs_answers, grounding_tower, cfg, out)
 
     chair = {}
     if cfg.caption_images:
@@ -383,7 +388,8 @@ def _answers(folder: Path) -> dict[str, str]:
     for line in (folder / "predictions.jsonl").read_text().splitlines():
         record = json.loads(line)
         if "answer" not in record:
-            raise ValueError(f"{folder}: item {record['key']!r} was skipped ({record.get('skipped')}): cannot score POPE")
+            raise ValueError(f"{folder}: item {record['key']!r} was skipped ({record.get('skipped')}): "
+                             "cannot score POPE")
         answers[record["key"]] = record["answer"]
     return answers
 

@@ -52,7 +52,8 @@ def kmeans(x: torch.Tensor, k: int, restarts: int = 10, max_iter: int = 100, tol
     def draw(weights: torch.Tensor, c: int) -> torch.Tensor:  # (P, M) weights -> (P,) index by inverse CDF
         cdf = weights.double().cumsum(-1)
         total = cdf[:, -1:]
-        cdf = torch.where(total > 0, cdf / total.clamp_min(1e-300), torch.arange(1, points + 1, device=x.device) / points)
+        uniform = torch.arange(1, points + 1, device=x.device) / points
+        cdf = torch.where(total > 0, cdf / total.clamp_min(1e-300), uniform)
         return (cdf <= uniforms[:, c : c + 1]).sum(-1).clamp_max(points - 1)
 
     centroids = torch.empty(problems, k, dim, device=x.device)
@@ -77,4 +78,5 @@ def kmeans(x: torch.Tensor, k: int, restarts: int = 10, max_iter: int = 100, tol
     inertia = (xr - assigned).pow(2).sum((-1, -2)).view(batch, restarts)  # exact, no expansion cancellation
     winner = inertia.argmin(-1)  # (B,)  first restart on ties
     pick = torch.arange(batch, device=x.device) * restarts + winner
-    return KMeansResult(labels=labels[pick], centroids=centroids[pick], inertia=inertia.gather(1, winner[:, None])[:, 0])
+    return KMeansResult(labels=labels[pick], centroids=centroids[pick],
+                        inertia=inertia.gather(1, winner[:, None])[:, 0])

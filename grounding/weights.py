@@ -135,8 +135,8 @@ def resolve_weights(name: str | os.PathLike, what: str = "model", timeout: float
     local = Path(name).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
-            hint = (f"; it holds a LoRA export: pass {local / 'lora'}" if (local / "lora" / "adapter_config.json").is_file()
-                    else "")
+            export = (local / "lora" / "adapter_config.json").is_file()
+            hint = f"; it holds a LoRA export: pass {local / 'lora'}" if export else ""
             raise WeightsNotFoundError(f"cannot load {what}: {local} is a directory but holds no config.json (pass the "
                                        f"directory that holds the checkpoint's config.json and weights{hint})")
         return str(local)

@@ -8,8 +8,9 @@ and user turns do not.
 
 `ConversationCollator` runs in the loader's workers: it decodes nothing itself (the dataset decodes the images),
 asks the processor for the pixels and for how many image tokens each image takes (LLaVA: a fixed count; the region
-tokens of `grounding.region_tokens.injection` included), repeats the image token that often, and pads to the right. The result
-is token for token what `processor(images=..., text=...)` returns on the full texts (tests/test_fit.py checks it).
+tokens of `grounding.region_tokens.injection` included), repeats the image token that often, and pads to the right.
+The result is token for token what `processor(images=..., text=...)` returns on the full texts (tests/test_fit.py
+checks it).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def to_messages(conversation: list[dict]) -> list[dict]:
         role = "user" if turn["from"] in ("human", "user") else "assistant"
         text = turn["value"].replace("<image>", "").strip()
         first_user = role == "user" and not messages
-        content = [{"type": "image"}, {"type": "text", "text": text}] if first_user else [{"type": "text", "text": text}]
+        content = [{"type": "text", "text": text}]
+        if first_user:
+            content.insert(0, {"type": "image"})
         messages.append({"role": role, "content": content})
     return messages
 

@@ -124,8 +124,9 @@ def records_file(directory: str | Path, captions: str | None, instances: str | N
     reused, a new one is written to a temporary name and renamed (safe when several processes race)."""
     if not captions and not instances:
         return None
+    # the last number: this file format's version
     options = [_source_key(captions), _source_key(instances), captions_per_image, questions_per_image, seed,
-               group_questions, one_record_per_image, question_negatives, 1]  # the last number: this file format's version
+               group_questions, one_record_per_image, question_negatives, 1]
     digest = hashlib.sha256(json.dumps(options).encode()).hexdigest()[:16]
     path = Path(directory).expanduser() / f"records-{digest}.jsonl"
     if path.is_file():

@@ -167,7 +167,9 @@ class ObjectGuidance:
             return image
         object_map = self.object_map(image) if object_map is None else object_map
         if cfg.mode == "highlight":
-            return jet_overlay(image, object_map) if cfg.task == "caption" else red_tint(image, object_map, cfg.map_threshold)
+            if cfg.task == "caption":
+                return jet_overlay(image, object_map)
+            return red_tint(image, object_map, cfg.map_threshold)
         return remove_objects(image, object_map, cfg.map_threshold, cfg.fill)
 
     def _both(self, images: Sequence, prompts: Sequence[str]) -> tuple[list, list[str], list, list[str]]:
@@ -216,7 +218,8 @@ class ObjectGuidance:
         """Single-use processors for the inputs `prepare()` returned (the branch was built there)."""
         key = id(inputs["input_ids"])
         if key not in self._pending:
-            raise KeyError("these inputs were not made by this guide's prepare(): call guide.prepare(model, images, prompts)")
+            raise KeyError("these inputs were not made by this guide's prepare(): "
+                           "call guide.prepare(model, images, prompts)")
         branch, model_ref = self._pending.pop(key)
         return LogitsProcessorList([BranchLogitsProcessor(model_ref(), branch, self.mix())])
 
@@ -250,7 +253,8 @@ class ObjectGuidance:
         inputs, branch = self._encode_pair(model, images, prompts)
         cache = self.prefix_cache
         if cache is not None and cache.unsupported(model, inputs) is None and cache.unsupported(model, branch) is None:
-            inputs, branch = cache.prepare(model, inputs).generate_inputs(), cache.prepare(model, branch).generate_inputs()
+            inputs = cache.prepare(model, inputs).generate_inputs()
+            branch = cache.prepare(model, branch).generate_inputs()
         processor = BranchLogitsProcessor(model, branch, self.mix())
         try:
             output = model.generate(**inputs, logits_processor=LogitsProcessorList([processor, *user_processors]),
@@ -300,7 +304,8 @@ class ObjectGuidance:
     def joint_inputs(self, model, images: Sequence, prompts: Sequence[str]) -> dict:
         """One 2B batch: rows 0..B-1 the original inputs, rows B..2B-1 their branches."""
         pils, original_texts, branch_images, branch_texts = self._both(images, prompts)
-        inputs = encode_chat(self.processor, pils + branch_images, original_texts + branch_texts, model.device, model.dtype)
+        inputs = encode_chat(self.processor, pils + branch_images, original_texts + branch_texts, model.device,
+                             model.dtype)
         self.noise_branch(inputs, branch_images, first=len(pils))
         return inputs
 

@@ -20,9 +20,13 @@ __all__ = ["red_tint", "jet_overlay", "remove_objects", "diffusion_noise"]
 
 
 def _map_array(object_map: torch.Tensor | np.ndarray, image: Image.Image) -> np.ndarray:
-    values = object_map.detach().float().cpu().numpy() if isinstance(object_map, torch.Tensor) else np.asarray(object_map)
+    if isinstance(object_map, torch.Tensor):
+        values = object_map.detach().float().cpu().numpy()
+    else:
+        values = np.asarray(object_map)
     if values.shape != (image.height, image.width):
-        raise ValueError(f"object map {values.shape} does not match the image {(image.height, image.width)}; upsample it")
+        raise ValueError(f"object map {values.shape} does not match the image {(image.height, image.width)}; "
+                         "upsample it")
     if not np.isfinite(values).all():
         raise ValueError("object map holds NaN or infinite values")
     return values.astype(np.float64)

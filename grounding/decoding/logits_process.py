@@ -45,7 +45,8 @@ class BranchLogitsProcessor(LogitsProcessor):
                  mix: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
         missing = [key for key in ("input_ids", "attention_mask") if key not in branch]
         if missing:
-            raise ValueError(f"the branch needs {', '.join(missing)}; it holds {', '.join(sorted(branch)) or 'nothing'}")
+            held = ", ".join(sorted(branch)) or "nothing"
+            raise ValueError(f"the branch needs {', '.join(missing)}; it holds {held}")
         if not callable(mix):
             raise ValueError(f"`mix` has to be a callable (scores, branch_scores) -> scores, got {type(mix).__name__}")
         self.model = model

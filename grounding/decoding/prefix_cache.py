@@ -162,7 +162,8 @@ class PrefixCache:
                     past_key_values=DynamicCache(config=model.config), **images)
         for i, (key, r) in enumerate(zip(keys, reps)):
             n = len(rows[r].prefix)
-            self._store[key] = [(layer.keys[i : i + 1, :, longest - n :].clone(), layer.values[i : i + 1, :, longest - n :].clone())
+            self._store[key] = [(layer.keys[i : i + 1, :, longest - n :].clone(),
+                                 layer.values[i : i + 1, :, longest - n :].clone())
                                 for layer in out.past_key_values.layers]  # each (1, h, P_r, d)
         self.misses += len(keys)
 
@@ -212,7 +213,8 @@ class PrefixCache:
         return SharedPrompt(ids, mask, cache, prefix_length, distinct=len(used), computed=len(wanted))
 
 
-def generate_new_tokens(model, inputs: dict, prefix_cache: PrefixCache | None = None, **generate_kwargs) -> torch.Tensor:
+def generate_new_tokens(model, inputs: dict, prefix_cache: PrefixCache | None = None,
+                        **generate_kwargs) -> torch.Tensor:
     """(B, new) tokens of `model.generate(**inputs, **generate_kwargs)`, through `prefix_cache` when it can share
     these inputs' prefixes (same answers), else the plain call."""
     if prefix_cache is not None and prefix_cache.unsupported(model, inputs) is None:

@@ -209,5 +209,6 @@ class ObjectDINO:
         return [cut(a, out.grid, tau, self.config.tokencut_eps, centre, adaptive, polarity) for a in affinity]
 
     def discover(self, out: TowerOutput) -> DiscoveryOutput:
-        """One box per image: TokenCut (tau = -0.35) on Object-DINO discovery features. See `grounding.objects.discovery`."""
+        """One box per image: TokenCut (tau = -0.35) on Object-DINO discovery features.
+        See `grounding.objects.discovery`."""
         return discovery_output(self.cut(out), out)

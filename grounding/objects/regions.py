@@ -55,7 +55,8 @@ def boxes_to_pixels(boxes: torch.Tensor, patch_scale: torch.Tensor, image_sizes:
     return torch.minimum(pixels.clamp_min(0), limits)
 
 
-def upsample_maps(maps: torch.Tensor, patch_scale: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+def upsample_maps(maps: torch.Tensor, patch_scale: torch.Tensor,
+                  image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
     """(B, h, w) grid maps -> per image (H, W) maps over the original pixels (bilinear; padding cropped off)."""
     out = []
     for grid_map, (sx, sy), (height, width) in zip(maps, patch_scale.tolist(), image_sizes):

@@ -104,7 +104,8 @@ def attach(grounding: RegionGrounding, model, processor) -> RegionHandle:
             regions = extract_regions(tower, grounding.object_dino, pixels_to_rgb(pixel_values, mean, std), config)
         pooled = regions.features
         if config.feature_source == "vlm":
-            pooled = torch.stack([pool_vlm_features(f.float(), m.to(f.device)) for f, m in zip(features, regions.masks)])
+            pooled = torch.stack([pool_vlm_features(f.float(), m.to(f.device))
+                                  for f, m in zip(features, regions.masks)])
         device = features[0].device
         tokens = model_ref().get_submodule(PROJECTOR_ATTRIBUTE)(
             pooled.to(device), regions.boxes.to(device), regions.valid.to(device))  # (B, K, D)

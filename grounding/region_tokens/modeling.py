@@ -5,8 +5,8 @@ grounding tower's final patch tokens under its mask (or, with feature_source="vl
 features) and a box encoding [x0, y0, x1, y1, area] in [0, 1] -> `RegionProjector` -> K vectors in the language
 model's width. Missing regions get a learned null embedding, so every image always yields exactly K tokens.
 
-`RegionGrounding` bundles config + projector + tower, attaches to a model (`grounding.region_tokens.injection`) and saves /
-loads as safetensors + JSON (`save_pretrained` / `from_pretrained`).
+`RegionGrounding` bundles config + projector + tower, attaches to a model (`grounding.region_tokens.injection`)
+and saves / loads as safetensors + JSON (`save_pretrained` / `from_pretrained`).
 """
 
 from __future__ import annotations

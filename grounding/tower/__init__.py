@@ -5,5 +5,5 @@ from .attention import attention_qk, strided_grid, strided_rope
 from .backbone import RegisterViT, TowerConfig, TowerOutput, WeightsNotFoundError
 from .processing import PreprocessConfig, TowerProcessor
 
-__all__ = ["PreprocessConfig", "TowerProcessor", "RegisterViT", "TowerConfig", "TowerOutput", "WeightsNotFoundError", "attention_qk",
-           "strided_grid", "strided_rope"]
+__all__ = ["PreprocessConfig", "TowerProcessor", "RegisterViT", "TowerConfig", "TowerOutput", "WeightsNotFoundError",
+           "attention_qk", "strided_grid", "strided_rope"]

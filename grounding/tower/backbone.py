@@ -169,7 +169,8 @@ class RegisterViT(nn.Module):
         try:
             hf_config = AutoConfig.from_pretrained(name)
         except (OSError, HFValidationError, ValueError) as error:
-            raise missing_weights(name, "grounding tower", f"loading failed ({type(error).__name__}: {error})") from error
+            reason = f"loading failed ({type(error).__name__}: {error})"
+            raise missing_weights(name, "grounding tower", reason) from error
         if hf_config.model_type not in _HF_TYPES:
             raise ValueError(f"{name} is a {hf_config.model_type!r} model; RegisterViT supports {_HF_TYPES}")
         model = AutoModel.from_pretrained(name, attn_implementation="sdpa", dtype=torch.float32)
@@ -192,7 +193,8 @@ class RegisterViT(nn.Module):
         except (OSError, RuntimeError) as error:
             if isinstance(error, RuntimeError) and "Unknown model" in str(error):
                 raise
-            raise missing_weights(name, "grounding tower", f"loading failed ({type(error).__name__}: {error})") from error
+            reason = f"loading failed ({type(error).__name__}: {error})"
+            raise missing_weights(name, "grounding tower", reason) from error
         cfg = model.pretrained_cfg
         return cls(model, config, "timm", cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
 

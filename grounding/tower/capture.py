@@ -53,7 +53,9 @@ class QKVCollector:
             if index == 0:
                 self._buffers = tuple(x.new_empty((self.num_layers, *x.shape)) for x in (q, k, v))  # (L, B, H, T, d)
             buffers = self._buffers
-            if buffers is not None and all(b.shape[1:] == x.shape and b.dtype == x.dtype for b, x in zip(buffers, (q, k, v))):
+            same = buffers is not None and all(b.shape[1:] == x.shape and b.dtype == x.dtype
+                                               for b, x in zip(buffers, (q, k, v)))
+            if same:
                 for buffer, x in zip(buffers, (q, k, v)):
                     buffer[index].copy_(x)
                 q, k, v = (buffer[index] for buffer in buffers)

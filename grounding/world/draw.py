@@ -817,8 +817,9 @@ def _sports_ball(pen: _Pen) -> str | None:
     if kind == "soccer":
         white, black = _jit(pen.rng, (245, 245, 245), 5), (25, 25, 28, 255)
         pen.ellipse((0.0, 0.0, 1.0, 1.0), white)
-        pent = lambda cx, cy, r, rot: pen.d.regular_polygon((cx * (pen.w - 1), cy * (pen.h - 1), r * pen.w), 5,
-                                                            rotation=rot, fill=black)
+        def pent(cx, cy, r, rot):
+            pen.d.regular_polygon((cx * (pen.w - 1), cy * (pen.h - 1), r * pen.w), 5, rotation=rot, fill=black)
+
         rot = pen.u(0, 72)
         pent(0.5, 0.5, 0.14, rot)
         for k in range(5):
