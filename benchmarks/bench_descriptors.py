@@ -26,7 +26,8 @@ from grounding.tower.backbone import RegisterViT, TowerConfig  # noqa: E402
 from grounding.descriptors import DenseExtractor  # noqa: E402
 from grounding.objects.object_dino import ObjectDINO  # noqa: E402
 
-SHAPES = {"ViT-S/14": dict(hidden_size=384, num_attention_heads=6), "ViT-B/14": dict(hidden_size=768, num_attention_heads=12)}
+SHAPES = {"ViT-S/14": dict(hidden_size=384, num_attention_heads=6),
+          "ViT-B/14": dict(hidden_size=768, num_attention_heads=12)}
 
 
 def _rss_kb(field: str) -> int:
@@ -77,14 +78,18 @@ def main() -> None:
             t_tower = timed(lambda: extractor(pixels), args.device, args.repeats)
             t_desc = timed(lambda: extractor.descriptors(pixels), args.device, args.repeats)
             t_bin = timed(lambda: extractor.descriptors(pixels, bin=True), args.device, args.repeats)
-            t_maps = timed(lambda out=out: ObjectDINO(k=5).object_maps(out), args.device, 1) if args.maps else float("nan")
+            t_maps = float("nan")
+            if args.maps:
+                t_maps = timed(lambda out=out: ObjectDINO(k=5).object_maps(out), args.device, 1)
             del out
             memory = peak_extra_mb(lambda: extractor.descriptors(pixels, bin=True), args.device)
             grid = 1 + (args.size - 14) // stride
             rows.append((shape, stride, f"{grid}x{grid}", args.batch / t_tower, args.batch / t_desc, args.batch / t_bin,
                          args.batch / t_maps, memory))
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\ndevice: {device}; dtype {args.dtype}; batch {args.batch}; {args.size}x{args.size}; torch {torch.__version__}\n")
+    cpu = f"CPU ({torch.get_num_threads()} threads)"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
+    print(f"\ndevice: {device}; dtype {args.dtype}; batch {args.batch}; {args.size}x{args.size}; "
+          f"torch {torch.__version__}\n")
     print("| shape | stride | grid | tower img/s | key descriptors img/s | binned img/s | Object-DINO maps img/s "
           "| peak extra memory, binned (MiB) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -1,6 +1,6 @@
 """Tokens/s and latency per answer: plain greedy vs highlight guidance vs object-masked contrast.
 
-    python benchmarks/bench_guidance.py --shape 7b --device cuda --dtype bfloat16   # LLaVA-1.5-7B shapes, random weights
+    python benchmarks/bench_guidance.py --shape 7b --device cuda --dtype bfloat16  # LLaVA-1.5-7B shapes, random
     python benchmarks/bench_guidance.py --shape small                                # CPU-sized stand-in
 
 Answers are forced to a fixed length (min_new_tokens = max_new_tokens); the grounding tower is a random
@@ -57,13 +57,14 @@ def build(shape: str, device: str, dtype: torch.dtype):
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = 3
     size = spec["vision"]["image_size"]
-    processor = LlavaProcessor(CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}),
-                               tokenizer, patch_size=spec["vision"]["patch_size"], vision_feature_select_strategy="default",
-                               num_additional_image_tokens=1, chat_template=CHAT)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    processor = LlavaProcessor(image_processor, tokenizer, patch_size=spec["vision"]["patch_size"],
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=CHAT)
     hidden, layers, heads = spec["tower"]
-    tower_model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(hidden_size=hidden, num_hidden_layers=layers,
-                                                                      num_attention_heads=heads, intermediate_size=4 * hidden,
-                                                                      patch_size=14, image_size=518))
+    tower_model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * hidden,
+        patch_size=14, image_size=518))
     tower = RegisterViT(tower_model, TowerConfig(device=device, dtype="float32"), "hf")
     return model, processor, tower
 
@@ -98,7 +99,8 @@ def main() -> None:
             seconds = time.perf_counter() - start
             rows.append((name, batch, batch * args.new_tokens / seconds, seconds))
     base = {b: s for n, b, _, s in rows if n == "baseline"}
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    cpu = f"CPU ({torch.get_num_threads()} threads)"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
     print(f"\nshape {args.shape}; device {device}; {args.dtype}; {args.new_tokens} new tokens (forced); maps cached\n")
     print("| method | batch | tokens/s | latency per batch (s) | x baseline |\n|---|---|---|---|---|")
     for name, batch, tps, seconds in rows:

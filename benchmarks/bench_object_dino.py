@@ -45,7 +45,8 @@ from timing import sync  # noqa: E402
 from grounding.tower.backbone import RegisterViT, TowerConfig  # noqa: E402
 from grounding.objects.object_dino import ObjectDINO  # noqa: E402
 
-SHAPES = {"ViT-S/14": dict(hidden_size=384, num_attention_heads=6), "ViT-B/14": dict(hidden_size=768, num_attention_heads=12)}
+SHAPES = {"ViT-S/14": dict(hidden_size=384, num_attention_heads=6),
+          "ViT-B/14": dict(hidden_size=768, num_attention_heads=12)}
 
 
 # ---------------------------------------------------------------- release-style pipeline (one image at a time)
@@ -86,7 +87,8 @@ class ReleasePipeline:
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         """The hooks are registered for this call only (the release registers them once: same per-image cost)."""
-        handles = [layer.attention.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.model.encoder.layer)]
+        handles = [layer.attention.register_forward_hook(self._hook(i))
+                   for i, layer in enumerate(self.model.encoder.layer)]
         try:
             return [self.one(pixels[i : i + 1]) for i in range(pixels.shape[0])]
         finally:
@@ -98,8 +100,9 @@ class ReleasePipeline:
         self.model(pixel_values=pixels)
         per_layer = {}
         for index, qkv in self.outputs.items():
-            per_layer[index] = {f: t[:, self.num_prefix :, :].reshape(1, -1, self.heads, self.head_dim).permute(0, 2, 1, 3)
-                                for f, t in qkv.items()}  # each (1, H, N, d)
+            per_layer[index] = {  # each (1, H, N, d)
+                f: t[:, self.num_prefix :, :].reshape(1, -1, self.heads, self.head_dim).permute(0, 2, 1, 3)
+                for f, t in qkv.items()}
         all_maps, map_labels = [], []
         side = int(per_layer[0]["q"].shape[2] ** 0.5)
         for index, t in per_layer.items():
@@ -192,7 +195,8 @@ def main() -> None:
                 pipelines["discovery"] = lambda p=pixels: discover("object-dino", tower(p), object_dino=discovery)
             t = rounds(pipelines, args.device, args.repeats, clock)
             rows.append((shape, batch, t))
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    cpu = f"CPU ({torch.get_num_threads()} threads)"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
     print(f"\ndevice: {device}; dtype {args.dtype}; {args.size}x{args.size}; torch {torch.__version__}; "
           f"median of {args.repeats} rounds; {clock_name} seconds\n")
     header = "| shape | batch | bare tower img/s | library tower+maps img/s | maps share of tower |"
@@ -208,7 +212,8 @@ def main() -> None:
     print("|" + "---|" * (header.count("|") - 1))
     for shape, batch, t in rows:
         overhead = t["library"] - t["bare"]
-        line = f"| {shape} | {batch} | {batch / t['bare']:.1f} | {batch / t['library']:.1f} | {100 * overhead / t['bare']:.0f}% |"
+        line = (f"| {shape} | {batch} | {batch / t['bare']:.1f} | {batch / t['library']:.1f} | "
+                f"{100 * overhead / t['bare']:.0f}% |")
         if "release" in t:
             release_overhead = t["release"] - batch * t["bare1"]
             line += (f" {batch / t['release']:.1f} | {t['release'] / t['library']:.1f}x |"

@@ -1,6 +1,6 @@
 """Region tokens: LoRA training-step time and peak memory, and the generate-time overhead of K region tokens.
 
-    python benchmarks/bench_region_tokens.py --shape 7b --device cuda --dtype bfloat16   # LLaVA-1.5-7B shapes, batch 4, r 16
+    python benchmarks/bench_region_tokens.py --shape 7b --device cuda --dtype bfloat16  # LLaVA-1.5-7B, batch 4, r 16
     python benchmarks/bench_region_tokens.py --shape small                              # CPU stand-in
 
 Random weights of the given shapes; the grounding tower is a random DINOv2-with-registers (ViT-B/14 for 7b,
@@ -74,8 +74,10 @@ def main() -> None:
     step_time = timed(step, args.device, 3)
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
     handle.detach()
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\nshape {args.shape}; {device}; {args.dtype}; batch {args.batch}; LoRA r 16 on the language model; K {args.k}\n")
+    cpu = f"CPU ({torch.get_num_threads()} threads)"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
+    print(f"\nshape {args.shape}; {device}; {args.dtype}; batch {args.batch}; LoRA r 16 on the language model; "
+          f"K {args.k}\n")
     print("| measure | value |\n|---|---|")
     print(f"| training step (s) | {step_time:.2f} |")
     print(f"| peak GPU memory (GiB) | {peak:.1f} |")

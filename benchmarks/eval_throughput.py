@@ -63,7 +63,8 @@ def main() -> None:
                 for reuse, method in ((False, plain), (True, shared)):
                     start = clock()
                     answers[reuse] += method.generate(model, images, prompts[i : i + batch], do_sample=False,
-                                                      max_new_tokens=args.answer_tokens, min_new_tokens=args.answer_tokens)
+                                                      max_new_tokens=args.answer_tokens,
+                                                      min_new_tokens=args.answer_tokens)
                     if args.device.startswith("cuda"):
                         torch.cuda.synchronize()
                     seconds[reuse] += clock() - start
@@ -72,13 +73,16 @@ def main() -> None:
             reference = first_answers.setdefault(name, answers[False])
             if reference is not answers[False]:  # the rounding noise of a batch change alone, for comparison
                 same = sum(a == b for a, b in zip(reference, answers[False]))
-                print(f"{name}, batch {batch}: {same}/{len(rows)} answers identical to the first batch size's, both unshared")
+                print(f"{name}, batch {batch}: {same}/{len(rows)} answers identical to the first batch size's, "
+                      "both unshared")
             for reuse in (False, True):
                 qps = len(rows) / seconds[reuse]
                 table.append((name, batch, reuse, qps, 3000 / qps / 60, seconds[False] / seconds[reuse]))
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    cpu = f"CPU ({torch.get_num_threads()} threads)"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
     print(f"\nshape {args.shape}; {device}; {args.dtype}; {args.answer_tokens} answer tokens; {len(rows)} questions "
-          f"({len(pictures)} images, tower time included); {'wall' if args.device.startswith('cuda') else 'process CPU'} seconds\n")
+          f"({len(pictures)} images, tower time included); "
+          f"{'wall' if args.device.startswith('cuda') else 'process CPU'} seconds\n")
     print("| method | batch | prefix sharing | questions/s | minutes for 3,000 questions | x without sharing |")
     print("|---|---|---|---|---|---|")
     for name, batch, reuse, qps, minutes, speedup in table:

@@ -33,7 +33,8 @@ def main() -> None:
         iou = ((a.maps > 0) & (b.maps > 0)).sum().item() / union if union else 1.0
         same += equal
         ious.append(iou)
-        print(f"| {item.path.name} | {'yes' if equal else 'no'} | {(a.maps - b.maps).abs().max().item():.4f} | {iou:.3f} |")
+        gap = (a.maps - b.maps).abs().max().item()
+        print(f"| {item.path.name} | {'yes' if equal else 'no'} | {gap:.4f} | {iou:.3f} |")
     print(f"\n{same}/{len(items)} photos with the same object heads; mean support IoU {sum(ious) / len(ious):.3f}")
 
 

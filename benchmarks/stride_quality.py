@@ -51,7 +51,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
-    tower = RegisterViT.from_config(TowerConfig(model=args.model, preprocess=PreprocessConfig(short_side=args.short_side)))
+    tower = RegisterViT.from_config(TowerConfig(model=args.model,
+                                                preprocess=PreprocessConfig(short_side=args.short_side)))
     results: dict = {}
     for stride in (int(s) for s in args.strides.split(",")):
         extractor = DenseExtractor(tower, stride)
@@ -65,7 +66,8 @@ def main() -> None:
         if args.photos:
             start = time.perf_counter()
             entry["photos"] = photo_corloc(extractor, Path(args.photos), DISCOVERY_METHODS)
-            entry["photos_seconds_per_image"] = round((time.perf_counter() - start) / len(load_dataset("coco", Path(args.photos))), 2)
+            photos = len(load_dataset("coco", Path(args.photos)))
+            entry["photos_seconds_per_image"] = round((time.perf_counter() - start) / photos, 2)
         results[stride] = entry
         print(f"stride {stride} done", flush=True)
     strides = list(results)
@@ -77,8 +79,9 @@ def main() -> None:
             cells = []
             for s in strides:
                 row = results[s]["world"][method]
-                cells += [f"{row['corloc']['value']:.1f} [{row['corloc']['ci95'][0]:.1f}, {row['corloc']['ci95'][1]:.1f}]",
-                          f"{row['mask_iou']['value']:.1f} [{row['mask_iou']['ci95'][0]:.1f}, {row['mask_iou']['ci95'][1]:.1f}]"]
+                for metric in ("corloc", "mask_iou"):
+                    value, (low, high) = row[metric]["value"], row[metric]["ci95"]
+                    cells.append(f"{value:.1f} [{low:.1f}, {high:.1f}]")
             print(f"| {method} | " + " | ".join(cells) + " |")
         print("\nseconds per image (all methods): " + ", ".join(f"s={s}: {results[s]['world_seconds_per_image']}"
                                                           for s in strides))
