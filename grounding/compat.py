@@ -7,6 +7,10 @@
 * `set_num_additional_image_tokens` / `get_num_additional_image_tokens`: the processor attribute that says
   how many tokens `<image>` expands to beyond the patch count.
 * `merged_generation_config`: the `GenerationConfig` that `generate()` really runs with (its own merge, 5.x).
+* `CACHE_KWARG` / `output_cache`: the KV cache goes into forward() and generate() as `cache` (5.24+; the old
+  `past_key_values` keyword is deprecated there) or `past_key_values` (earlier), and comes back by the same name.
+* `activation_checkpointing_enable` / `is_activation_checkpointing`: 5.24 renamed transformers'
+  `gradient_checkpointing_enable` / `is_gradient_checkpointing` (the old names warn).
 * `rope_index_function` / `multimodal_position_ids`: Qwen2-VL-style multimodal rotary positions (M-RoPE) for
   a forward that runs outside `generate()`, built the way `generate()` builds them (5.x).
 """
@@ -31,9 +35,36 @@ __all__ = [
     "rope_index_function",
     "multimodal_position_ids",
     "MROPE_MODEL_TYPES",
+    "CACHE_KWARG",
+    "output_cache",
+    "activation_checkpointing_enable",
+    "is_activation_checkpointing",
 ]
 
 TRANSFORMERS_MAJOR = int(version("transformers").split(".")[0])  # from the metadata: no transformers import
+_TRANSFORMERS_MINOR = int(version("transformers").split(".")[1])
+# transformers 5.24 renamed the KV-cache keyword of forward() / generate() and the model outputs' field
+CACHE_KWARG = "cache" if (TRANSFORMERS_MAJOR, _TRANSFORMERS_MINOR) >= (5, 24) else "past_key_values"
+
+
+def output_cache(output: Any):
+    """The KV cache a forward() returned (`output.cache`, or `output.past_key_values` before 5.24)."""
+    return getattr(output, CACHE_KWARG)
+
+
+def activation_checkpointing_enable(model, **checkpoint_kwargs) -> None:
+    """Recompute layer activations in backward (`use_reentrant` etc. go to torch.utils.checkpoint)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=checkpoint_kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
+
+
+def is_activation_checkpointing(model) -> bool:
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return model.is_activation_checkpointing
+    return model.is_gradient_checkpointing
 
 
 def register_attention_function(name: str, function) -> None:

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from grounding.assets import set_image_size
+from grounding.compat import activation_checkpointing_enable
 from grounding.region_tokens import RegionConfig, RegionGrounding, RegionProjector
 from grounding.vlm import load_vlm
 
@@ -113,7 +114,7 @@ class RegionTokensModule(L.LightningModule):
             grounding.load_tower(model.device).requires_grad_(False)
         self.handle = grounding.attach(model, processor)
         if self.hparams.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            activation_checkpointing_enable(model, use_reentrant=False)
         lora = LoraConfig(r=self.hparams.lora_r, lora_alpha=self.hparams.lora_alpha,
                           lora_dropout=self.hparams.lora_dropout, target_modules=LORA_TARGETS,
                           modules_to_save=self.saved_modules() or None)

@@ -19,6 +19,7 @@ INDIRECT = {
     "jsonargparse": "LightningCLI parses the command line and configs with it",
     "gguf": "transformers reads the GGUF checkpoint with it (assets)",
     "pycocotools": "COCO tools for users' evaluation scripts",
+    "ruff": "the linter the tests run as a command (`ruff check`)",
 }
 # imported only by the checkpoint converter (grounding/assets.py), declared in the `assets` extra
 ASSETS_ONLY = {"onnx", "onnxruntime"}

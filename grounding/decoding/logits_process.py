@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from transformers import LogitsProcessor
 
-from ..compat import multimodal_position_ids, rope_index_function
+from ..compat import CACHE_KWARG, multimodal_position_ids, output_cache, rope_index_function
 
 __all__ = ["BranchLogitsProcessor", "PairedMixLogitsProcessor", "positions_from_mask", "check_paired_rows"]
 
@@ -68,11 +68,11 @@ class BranchLogitsProcessor(LogitsProcessor):
             positions = positions_from_mask(self.attention_mask)  # (B, T')
             if self.rope_index is not None:
                 positions = multimodal_position_ids(self.rope_index, self.branch, positions)  # (4, B, T')
-            prefilled = self.branch.get("past_key_values")  # a shared prefix (`grounding.decoding.prefix_cache`)
+            prefilled = self.branch.get(CACHE_KWARG)  # a shared prefix (`grounding.decoding.prefix_cache`)
             if prefilled is not None:
                 start = prefilled.get_seq_length()
                 out = self.model(input_ids=self.branch["input_ids"][:, start:], attention_mask=self.attention_mask,
-                                 position_ids=positions[..., start:], past_key_values=prefilled, use_cache=True)
+                                 position_ids=positions[..., start:], use_cache=True, **{CACHE_KWARG: prefilled})
             else:
                 out = self.model(**self.branch, position_ids=positions, use_cache=True)
             self.positions = positions[..., -1:]
@@ -80,8 +80,8 @@ class BranchLogitsProcessor(LogitsProcessor):
             self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(batch, 1)], dim=1)
             self.positions = self.positions + 1
             out = self.model(input_ids=input_ids[:, -1:], attention_mask=self.attention_mask,
-                             position_ids=self.positions, past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+                             position_ids=self.positions, use_cache=True, **{CACHE_KWARG: self.cache})
+        self.cache = output_cache(out)
         branch_logits = out.logits[:, -1, :].to(scores.dtype)  # (B, V)
         return self.mix(scores, branch_logits[:, : scores.shape[-1]])
 

@@ -30,6 +30,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from ..compat import CACHE_KWARG, output_cache
+
 __all__ = ["PrefixCache", "SharedPrompt", "generate_new_tokens"]
 
 _IMAGE_KEYS = ("pixel_values", "image_sizes")
@@ -49,7 +51,7 @@ class SharedPrompt:
 
     def generate_inputs(self) -> dict:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "past_key_values": self.past_key_values}
+                CACHE_KWARG: self.past_key_values}
 
 
 @dataclass
@@ -159,12 +161,12 @@ class PrefixCache:
         if "logits_to_keep" in inspect.signature(model.forward).parameters:
             images["logits_to_keep"] = 1  # the prefix's logits are never used
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                    past_key_values=DynamicCache(config=model.config), **images)
+                    **{CACHE_KWARG: DynamicCache(config=model.config)}, **images)
         for i, (key, r) in enumerate(zip(keys, reps)):
             n = len(rows[r].prefix)
             self._store[key] = [(layer.keys[i : i + 1, :, longest - n :].clone(),
                                  layer.values[i : i + 1, :, longest - n :].clone())
-                                for layer in out.past_key_values.layers]  # each (1, h, P_r, d)
+                                for layer in output_cache(out).layers]  # each (1, h, P_r, d)
         self.misses += len(keys)
 
     def prepare(self, model, inputs: dict) -> SharedPrompt:

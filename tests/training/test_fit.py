@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 
 from eval.cli import main
+from grounding.compat import is_activation_checkpointing
 from tiny_vlm import make_tiny_llava, write_fit_set
 
 
@@ -177,7 +178,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(setup):
         module = RegionTokensModule(vlm=str(setup / "vlm"), regions=RegionConfig(num_regions=0), lora_r=4,
                                     lora_dropout=0.0, gradient_checkpointing=checkpointing)
         module.configure_model()
-        assert module.model.is_gradient_checkpointing == checkpointing
+        assert is_activation_checkpointing(module.model) == checkpointing
         tokens = tokenize_batch({"conversations": [conversation]}, module.processor)
         batch = ConversationCollator(module.processor)([{"input_ids": tokens["input_ids"][0],
                                                          "labels": tokens["labels"][0], "image": photos(1)[0]}])
