@@ -313,6 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C: logs are fsynced per record and derived files renamed into place
+        print("\ngrounding: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["fit"]:
         from lightning_modules.cli import main as fit_main
