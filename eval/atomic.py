@@ -9,6 +9,8 @@
   into a hidden sibling (`.<name>.overwrite`); only when the whole run has succeeded does `promote` swap it in
   (rename the old folder to `.<name>.replaced`, rename the new one into place, then delete the old one).
   `recover(target)` completes or undoes a swap that a kill interrupted between the two renames.
+  `promote_contents` does the same for a folder whose own entries are replaced (`discover --out`, which holds
+  the lock file): the new entries are staged in `<out>/.overwrite`.
 * `remove_stale_temporaries(folder)`: deletes `.*.tmp` files that a killed writer left (the writers name them
   `.<file>.<pid>.tmp`; only those of processes that no longer run are removed).
 """
@@ -21,7 +23,8 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["write_new_file", "check_new_folder", "staging_folder", "promote", "recover", "remove_stale_temporaries",
+__all__ = ["write_new_file", "check_new_folder", "staging_folder", "promote", "recover", "promote_contents",
+           "recover_contents", "remove_stale_temporaries",
            "OutputExistsError"]
 
 
@@ -98,6 +101,33 @@ def promote(staging: Path, target: Path) -> None:
     staging.rename(target)
     if old.exists():
         shutil.rmtree(old)
+
+
+def promote_contents(staging: Path, target: Path, keep: Iterable[str] = (".lock",)) -> None:
+    """Swap the entries of `staging` (a folder inside `target`) in for `target`'s own (but `keep`): the old ones are
+    set aside in `target/.replaced` and deleted last."""
+    keep = set(keep) | {staging.name, ".replaced"}
+    aside = target / ".replaced"
+    recover_contents(target)
+    aside.mkdir()
+    for path in list(target.iterdir()):
+        if path.name not in keep:
+            path.rename(aside / path.name)
+    for path in list(staging.iterdir()):
+        path.rename(target / path.name)
+    staging.rmdir()
+    shutil.rmtree(aside)
+
+
+def recover_contents(target: Path) -> None:
+    """Undo a `promote_contents` a kill interrupted: entries set aside whose new version is not in place go back."""
+    aside = target / ".replaced"
+    if not aside.is_dir():
+        return
+    for path in list(aside.iterdir()):
+        if not (target / path.name).exists():
+            path.rename(target / path.name)
+    shutil.rmtree(aside)
 
 
 _TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")

@@ -87,24 +87,34 @@ def _discovery_settings(args, method: str) -> dict:
 def _cmd_discover(args) -> int:
     from grounding.object_dino import ObjectDINO
 
+    from .atomic import check_new_folder, promote_contents, recover_contents, remove_stale_temporaries
     from .discover import DiscoveryJob, list_images, open_predictions, run_discovery
+    from .preflight import check_device, check_weights
     from .records import SKIPPED, run_metadata, write_json
     from .run_folder import RunLock, clear_folder
 
     _check_methods([args.method])
     jobs = [DiscoveryJob(p.name, p) for p in list_images(args.images)]
-    out = Path(args.out)
+    out = check_new_folder(args.out, True, "--out")
     settings = _discovery_settings(args, args.method)
+    check_device(args.device)
+    check_weights(args.model, "--model", "grounding tower")
     with RunLock(out):
+        recover_contents(out)
+        remove_stale_temporaries(out)
+        # --overwrite: the new boxes go to out/.overwrite and replace the old ones only once the run has succeeded
+        folder = out / ".overwrite" if args.overwrite else out
         if args.overwrite:
-            clear_folder(out)
-        log = open_predictions(out, jobs, settings)  # other settings: refused before the tower loads
+            clear_folder(folder)
+        log = open_predictions(folder, jobs, settings)  # other settings: refused before the tower loads
         tower = _load_tower(args)
-        records = run_discovery(tower, args.method, jobs, out, ObjectDINO(k=args.k), args.dinoseg_head, tau=args.tau,
-                                settings=settings, records=log, stride=args.stride)
+        records = run_discovery(tower, args.method, jobs, folder, ObjectDINO(k=args.k), args.dinoseg_head,
+                                tau=args.tau, settings=settings, records=log, stride=args.stride)
         skipped = [r for r in records if SKIPPED in r]
-        write_json(out / "run.json", {"images": len(records), "boxes": len(records) - len(skipped),
-                                      "skipped": len(skipped), **run_metadata(vars(args))})
+        write_json(folder / "run.json", {"images": len(records), "boxes": len(records) - len(skipped),
+                                         "skipped": len(skipped), **run_metadata(vars(args))})
+        if args.overwrite:
+            promote_contents(folder, out)
     print(f"{len(records) - len(skipped)} boxes written to {out / 'predictions.jsonl'}"
           + (f"; {len(skipped)} images skipped (e.g. {skipped[0]['image']}: {skipped[0][SKIPPED]}), tried again "
              "by the next run" if skipped else ""))
@@ -115,11 +125,15 @@ def _cmd_corloc(args) -> int:
     from grounding.object_dino import ObjectDINO
 
     from .corloc import corloc, load_dataset
+    from .atomic import check_new_folder, promote, recover, remove_stale_temporaries, staging_folder
     from .discover import DiscoveryJob, open_predictions, run_discovery
+    from .preflight import check_device, check_weights
     from .records import SKIPPED, run_metadata, write_json
     from .run_folder import RunLock, clear_folder
 
     methods = _check_methods(args.method.split(","))
+    check_new_folder(args.out, True, "--out")
+    check_device(args.device)
     items = load_dataset(args.dataset, args.root, args.image_list)
     if args.limit:
         items = items[: args.limit]
@@ -127,16 +141,20 @@ def _cmd_corloc(args) -> int:
         raise ValueError(f"{args.dataset} at {args.root}: no images with boxes to score")
     jobs = [DiscoveryJob(item.image_id, item.path, item.boxes) for item in items]
     out = Path(args.out)
+    check_weights(args.model, "--model", "grounding tower")
     results = {}
     with RunLock(out):
-        logs = {}
-        for method in methods:  # every folder checked before the tower loads
+        logs, folders = {}, {}
+        remove_stale_temporaries(out)
+        for method in methods:  # every folder checked before the tower loads; --overwrite writes aside (eval.atomic)
+            recover(out / method)
+            folders[method] = staging_folder(out / method) if args.overwrite else out / method
             if args.overwrite:
-                clear_folder(out / method)
-            logs[method] = open_predictions(out / method, jobs, _discovery_settings(args, method))
+                clear_folder(folders[method])
+            logs[method] = open_predictions(folders[method], jobs, _discovery_settings(args, method))
         tower = _load_tower(args)
         for method in methods:
-            records = run_discovery(tower, method, jobs, out / method, ObjectDINO(k=args.k), args.dinoseg_head,
+            records = run_discovery(tower, method, jobs, folders[method], ObjectDINO(k=args.k), args.dinoseg_head,
                                     pictures=args.pictures, tau=args.tau, settings=_discovery_settings(args, method),
                                     records=logs[method], stride=args.stride)
             scored = [r for r in records if SKIPPED not in r]
@@ -148,6 +166,9 @@ def _cmd_corloc(args) -> int:
                                "skipped_examples": [{"image": r["image"], "reason": r[SKIPPED]}
                                                     for r in records if SKIPPED in r][:5],
                                "degenerate": sum(bool(r.get("degenerate")) for r in scored)}
+        if args.overwrite:  # every method succeeded: now the old boxes are replaced
+            for method in methods:
+                promote(folders[method], out / method)
         write_json(out / "metrics.json", {"dataset": args.dataset, "results": results, **run_metadata(vars(args))})
     for method, result in results.items():
         print(f"{args.dataset} {method:20s} CorLoc {result['corloc']:6.2f}  ({result['images']} images scored, "

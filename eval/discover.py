@@ -32,7 +32,7 @@ from grounding.viz import draw_boxes, overlay
 
 from .corloc import iou
 from .records import SKIPPED, JsonlLog
-from .run_folder import check_records, fingerprint, item_digest, save_settings
+from .run_folder import check_records, fingerprint, input_identity, item_digest, record_id, save_settings
 
 __all__ = ["DiscoveryJob", "run_discovery", "open_predictions", "IMAGE_SUFFIXES", "list_images", "mark_degenerate"]
 
@@ -57,7 +57,7 @@ class DiscoveryJob:
     gt_boxes: list[list[float]] | None = None
 
     def digest(self) -> str:
-        return item_digest(self.key, self.path.name, self.gt_boxes)
+        return item_digest(self.key, self.path.name, input_identity(self.path), self.gt_boxes)
 
 
 def _method_options(object_dino: ObjectDINO, dinoseg_head: int, tau: float | None, tower: RegisterViT) -> dict:
@@ -72,7 +72,8 @@ def open_predictions(out_dir: str | Path, jobs: Sequence[DiscoveryJob], settings
     out_dir = Path(out_dir)
     records = JsonlLog(out_dir / "predictions.jsonl", key="image")
     if settings is not None:
-        check_records(out_dir, records.records, settings, {job.key: job.digest() for job in jobs}, key="image")
+        check_records(out_dir, records.records, settings, {record_id(job.key): job.digest() for job in jobs},
+                      key="image")
         save_settings(out_dir, settings)
     return records
 
