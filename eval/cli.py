@@ -183,7 +183,13 @@ def _cmd_corloc(args) -> int:
 
 def _cmd_demo(args) -> int:
     from .demo import run_demo
+    from .preflight import check_device
 
+    check_device(args.device)
+    if args.world_config:  # checked before the first model loads or anything is retrained
+        from .config_checks import load_world_config
+
+        load_world_config(args.world_config)
     if args.retrain:
         from .retrain import retrain
 
