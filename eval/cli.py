@@ -61,9 +61,12 @@ def _cuda() -> bool:
 def _load_tower(args):
     from grounding.backbone import PreprocessConfig, RegisterViT, TowerConfig
 
+    from .preflight import loading
+
     config = TowerConfig(model=args.model, device=args.device, dtype=args.dtype,
                          preprocess=PreprocessConfig(mode=args.resize_mode, short_side=args.short_side))
-    return RegisterViT.from_config(config)
+    with loading("--model", args.model):
+        return RegisterViT.from_config(config)
 
 
 def _check_methods(methods: list[str]) -> list[str]:

@@ -100,6 +100,9 @@ def run_config_from_args(args):
         raise ValueError(f"missing options: {', '.join('--' + m.replace('_', '-') for m in missing)}")
     if not Path(args.images).is_dir():
         raise FileNotFoundError(f"--images {args.images}: no such folder")
+    from .atomic import check_new_folder
+
+    check_new_folder(args.out, True, "--out")  # a file given as --out: named, not "[Errno 17] File exists"
     return RunConfig(model=args.model, methods=args.methods, out=args.out, tower=args.tower,
                      tower_short_side=args.tower_short_side, batch_size=args.batch_size,
                      max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,

@@ -40,7 +40,7 @@ _cache: dict[tuple, str] = {}
 def _digest(path: Path, size: int) -> str:
     hasher = hashlib.sha256()
     with path.open("rb") as handle:
-        if size <= SMALL_FILE:
+        if size <= max(SMALL_FILE, SAMPLES * SAMPLE_BYTES):
             for block in iter(lambda: handle.read(1 << 20), b""):
                 hasher.update(block)
             return f"sha256:{hasher.hexdigest()[:24]}"

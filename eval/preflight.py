@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["check_device", "check_weights", "check_run"]
+__all__ = ["check_device", "check_weights", "check_run", "loading"]
 
 
 def check_device(device: str | None, option: str = "--device") -> None:
@@ -57,3 +57,24 @@ def check_run(config, device: str | None) -> None:
         for key, value in options.items():
             if key in ("adapter", "regions") and isinstance(value, str) and not Path(value).expanduser().exists():
                 raise FileNotFoundError(f"--method-options {method}.{key}: no such folder: {value}")
+
+
+class loading:
+    """`with loading("--model", name):` a checkpoint that exists but cannot be loaded (damaged or truncated weights,
+    a config that does not match them) is one line naming the option and the folder, not a library traceback."""
+
+    def __init__(self, option: str, name: str):
+        self.option, self.name = option, name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        from grounding.weights import WeightsNotFoundError
+
+        if error is None or not isinstance(error, Exception) or isinstance(error, WeightsNotFoundError):
+            return False
+        reason = (str(error).strip().splitlines() or [""])[0][:300]
+        raise WeightsNotFoundError(f"{self.option} {self.name}: the checkpoint could not be loaded "
+                                   f"({type(error).__name__}: {reason}); is the folder complete and undamaged?"
+                                   ) from error

@@ -30,7 +30,7 @@ from grounding.weights import lora_chain
 from .identity import file_identity, path_identity
 from .records import is_skip, write_json
 
-__all__ = ["fingerprint", "item_digest", "record_id", "input_identity", "weights_identity", "SettingsMismatch", "check_records", "save_settings",
+__all__ = ["fingerprint", "item_digest", "record_id", "input_identity", "effective_options", "weights_identity", "SettingsMismatch", "check_records", "save_settings",
            "clear_folder", "RunLock", "LOCK_NAME", "SETTINGS_NAME"]
 
 LOCK_NAME = ".lock"
@@ -83,6 +83,24 @@ def _folder_identity(name: str) -> str:
     """A local folder or file by its content (eval.identity: weights by size, safetensors header and sampled
     blocks, every config / tokenizer / processor / chat-template file by its bytes); a hub id as given."""
     return path_identity(name)
+
+
+def effective_options(method: str, options: dict) -> dict:
+    """A method's options as it will run them: every option of a config-dataclass method with its value (given or
+    default), so an option given at its default value is no change; other methods' options as given."""
+    import dataclasses
+
+    from grounding.methods import _OPTIONS
+
+    rule = _OPTIONS.get(method)
+    if not (dataclasses.is_dataclass(rule) and isinstance(rule, type)):
+        return dict(options)
+    try:
+        full = dataclasses.asdict(rule(**options))
+    except (TypeError, ValueError):  # refused elsewhere with its own message
+        return dict(options)
+    full.pop("mode", None)  # set by the method itself
+    return full
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -38,8 +38,8 @@ from grounding.prefix_cache import PrefixCache
 
 from .records import SKIPPED, JsonlLog, is_skip, run_metadata, write_json, write_jsonl
 from .atomic import promote, recover, remove_stale_temporaries, staging_folder
-from .run_folder import (LOCK_NAME, RunLock, check_records, clear_folder, fingerprint, input_identity, item_digest,
-                         record_id, save_settings, weights_identity)
+from .run_folder import (LOCK_NAME, RunLock, check_records, clear_folder, effective_options, fingerprint,
+                         input_identity, item_digest, record_id, save_settings, weights_identity)
 
 __all__ = ["Item", "RunConfig", "run_methods", "load_vlm", "merged_predictions", "method_settings"]
 
@@ -167,7 +167,7 @@ def _refuse_region_lora(adapter: Path) -> None:
 def method_settings(config: RunConfig, name: str, task: str) -> dict:
     """Everything that decides a method's answers (batch size and device do not: see the module doc)."""
     options = {"task": task} if name != "baseline" else {}
-    options.update(config.method_options.get(name, {}))
+    options = effective_options(name, {**options, **config.method_options.get(name, {})})  # defaults: no change
     identified = {k: weights_identity(v) if isinstance(v, str) and Path(v).expanduser().is_dir() else v
                   for k, v in options.items()}
     return {"task": task, "method": name, "options": identified, "model": weights_identity(config.model),
@@ -335,13 +335,17 @@ def _run_locked(config: RunConfig, items: Sequence[Item], task: str, score: Call
         stamp = fingerprint(settings)
         generation = None
         if todo:
+            from .preflight import loading
+
             if "model" not in loaded:
-                loaded["model"], loaded["processor"] = load_vlm(config.model, config.dtype, device)
+                with loading("--model", config.model):
+                    loaded["model"], loaded["processor"] = load_vlm(config.model, config.dtype, device)
             if needs_tower(name) and "tower" not in loaded:
                 from grounding.backbone import RegisterViT
 
-                loaded["tower"] = RegisterViT.from_pretrained(config.tower, device=device,
-                                                              preprocess={"short_side": config.tower_short_side})
+                with loading("--tower", config.tower):
+                    loaded["tower"] = RegisterViT.from_pretrained(config.tower, device=device,
+                                                                  preprocess={"short_side": config.tower_short_side})
             model = loaded["model"]
             options = {"task": task} if name != "baseline" else {}
             method = build_method(name, loaded.get("tower"), loaded["processor"],
