@@ -57,9 +57,6 @@ def _error(capsys) -> str:
 def test_a_model_and_an_input_are_identified_by_their_content(tiny_llava_dir, bench, tmp_path, capsys):
     from transformers import AutoModelForImageTextToText
 
-    from eval.identity import file_identity, folder_identity
-    import eval.identity as identity
-
     model = tmp_path / "model"
     shutil.copytree(tiny_llava_dir, model)
     (model / "DONE.json").write_text(json.dumps({"asset": "tiny", "built": "2026-01-01"}))  # as asset builds write
@@ -97,6 +94,9 @@ def test_a_model_and_an_input_are_identified_by_their_content(tiny_llava_dir, be
     assert "other inputs under the same ids" in _error(capsys)
 
     # a copied model folder is the same model; large weights are identified by header and sampled blocks
+    import eval.identity as identity
+    from eval.identity import file_identity, folder_identity
+
     shutil.copytree(model, tmp_path / "copy")
     assert folder_identity(tmp_path / "copy") == folder_identity(model)
     header = json.dumps({"w": {"dtype": "F32", "shape": [1 << 19], "data_offsets": [0, 1 << 21]}}).encode()
@@ -293,7 +293,11 @@ def test_ctrl_c_ends_with_one_line_and_status_130(tiny_llava_dir, bench, tmp_pat
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "load_vlm", interrupted)
-    assert main(_pope(tiny_llava_dir, bench, tmp_path / "run")) == 130
+    try:
+        status = main(_pope(tiny_llava_dir, bench, tmp_path / "run"))
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main() as a traceback")
+    assert status == 130
     error = _error(capsys)
     assert error.strip() == "grounding: interrupted; rerun the same command to resume"
 
