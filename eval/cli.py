@@ -226,6 +226,16 @@ def _world_methods(args) -> tuple[str, ...]:
 def _cmd_align(args) -> int:
     from lightning_modules.align import AlignConfig, align_projector
 
+    from .atomic import OutputExistsError
+    from .preflight import check_device, check_weights
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise OutputExistsError(f"--out {out} is a folder; --out takes the .safetensors file to write")
+    if out.exists() and not args.overwrite:
+        raise OutputExistsError(f"--out {out} already exists; pass --overwrite to replace it or choose another --out")
+    check_device(args.device)
+    check_weights(args.vlm, "--vlm", "VLM")
     stats = align_projector(args.vlm, args.images, args.instances, args.out, args.image_size,
                             AlignConfig(epochs=args.epochs, max_images=args.max_images), device=args.device)
     print(f"aligned the projector on {stats['images']} images ({stats['grid']}x{stats['grid']} patches) in "
@@ -263,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lost, tokencut, dinoseg, object-dino (the references) or lost-centred, tokencut-adaptive, "
                         f"object-dino-adaptive (default: {DISCOVERY_DEFAULT}); see docs/discovery.md")
     p.add_argument("--overwrite", action="store_true",
-                   help="delete --out's earlier boxes instead of refusing other settings")
+                   help="replace --out's earlier boxes (once this run succeeded) instead of refusing")
     p.set_defaults(func=_cmd_discover)
 
     p = commands.add_parser("demo", help="the main job on the embedded default (offline, real weights and photos)")
@@ -318,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, default=None, help="first N images only")
     p.add_argument("--pictures", action="store_true", help="also write masks and overlays")
     p.add_argument("--overwrite", action="store_true",
-                   help="delete the methods' earlier boxes in --out instead of refusing other settings")
+                   help="replace the methods' earlier boxes (once this run succeeded) instead of refusing")
     p.set_defaults(func=_cmd_corloc)
     add_commands(evaluation)
 
@@ -335,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, default=6)
     p.add_argument("--max-images", type=positive_int, default=None)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_cmd_align)
 
     p = commands.add_parser("fit", help="LightningCLI fine-tuning of region tokens", add_help=False)

@@ -42,7 +42,8 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
                         help="decode photos at no more than this many pixels on the longer side (0: full size)")
     parser.add_argument("--method-options", default=None, help='JSON, e.g. \'{"highlight": {"alpha": 0.4}}\'')
     parser.add_argument("--overwrite", action="store_true",
-                        help="delete the methods' earlier answers in --out instead of refusing other settings")
+                        help="replace the methods' earlier answers in --out (once this run has succeeded) instead of "
+                             "refusing other settings")
 
 
 def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace,

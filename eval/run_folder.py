@@ -4,7 +4,7 @@
   weights, method and its options, generation settings, ...) and its `fingerprint` (a hash). Every record
   carries that fingerprint (`run`) and a digest of its input (`item`: question text, image file, label, ...).
   A rerun resumes only records made with the same settings and the same input; anything else is refused with
-  one error that names what differs and offers `--overwrite` (which clears the folder first).
+  one error that names what differs and offers `--overwrite` (which replaces them once the new run succeeded).
 * Lock: `RunLock` takes an exclusive `flock` on a lock file in the folder and writes its pid there. A second
   run on the same folder fails at once, naming the file and the pid; the kernel drops the lock when its
   process dies, so the lock of a killed run is simply taken over.

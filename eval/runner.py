@@ -9,7 +9,7 @@ file of any earlier world size is read back first and nothing done is redone or 
 Trust (`eval.run_folder`): each method folder's `settings.json` records what produces its answers (model and
 tower weights, method options, generation settings) and every record carries that fingerprint and a digest of
 its question; a rerun with other settings or other questions under the same ids is refused before any model
-loads (`overwrite=True` clears the folders instead). One run per `out` at a time (a lock file per process
+loads (`overwrite=True` writes the new records aside and swaps them in once every method succeeded). One run per `out` at a time (a lock file per process
 rank). Items whose image cannot be read are recorded as skips with the reason, retried by the next run, and
 counted (`scored`, `skipped`) in metrics.json. When sampling, each item draws from its own generator
 (`grounding.sampling.ItemSampler`, seeded by the run's seed and the item's id), so answers do not depend on
@@ -76,7 +76,7 @@ class RunConfig:
     device: str | None = None
     max_image_side: int | None = 2048  # photos are decoded at no more than this (None: full size)
     method_options: dict = field(default_factory=dict)  # {method name: {option: value}}
-    overwrite: bool = False  # delete the methods' earlier records instead of refusing other settings
+    overwrite: bool = False  # replace the methods' earlier records (once this run succeeded) instead of refusing
     share_prefixes: bool = True  # rows of one image reuse its prompt prefix's KV cache (same answers; POPE)
 
     def __post_init__(self):

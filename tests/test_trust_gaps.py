@@ -94,7 +94,7 @@ def test_a_model_and_an_input_are_identified_by_their_content(tiny_llava_dir, be
     assert "other inputs under the same ids" in _error(capsys)
 
     # a copied model folder is the same model; large weights are identified by header and sampled blocks
-    import eval.identity as identity
+    from eval import identity
     from eval.identity import file_identity, folder_identity
 
     shutil.copytree(model, tmp_path / "copy")
@@ -116,7 +116,7 @@ def test_a_model_and_an_input_are_identified_by_their_content(tiny_llava_dir, be
 @pytest.fixture
 def by_prompt(monkeypatch):
     """Answers decided by the prompt (dog: Yes, cat: No): a figure that depends on matching answers correctly."""
-    import eval.runner as runner
+    from eval import runner
 
     class Scripted:
         def generate(self, model, images, prompts, **kwargs):
@@ -261,7 +261,7 @@ def test_configs_are_checked_key_by_key_before_any_work(tmp_path, capsys):
 # ------------------------------------------------------------------ 5. inputs checked before a model loads
 def test_every_input_and_every_methods_needs_are_checked_before_a_model_loads(tiny_llava_dir, bench, tmp_path,
                                                                               capsys, monkeypatch):
-    import eval.runner as runner
+    from eval import runner
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model loaded before the inputs were checked")
@@ -287,7 +287,7 @@ def test_every_input_and_every_methods_needs_are_checked_before_a_model_loads(ti
 
 # ------------------------------------------------------------------ 6. Ctrl-C
 def test_ctrl_c_ends_with_one_line_and_status_130(tiny_llava_dir, bench, tmp_path, capsys, monkeypatch):
-    import eval.runner as runner
+    from eval import runner
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
