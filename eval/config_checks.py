@@ -116,7 +116,7 @@ def load_world_config(path: str | Path | None):
 def check_world_space(out: str | Path, images: int, config) -> None:
     """Refuse `images` out of range, or a world whose PNGs (estimated at their largest size) would not fit."""
     if isinstance(images, bool) or not isinstance(images, int) or not 1 <= images <= MAX_WORLD_IMAGES:
-        raise ValueError(f"--images must be an integer in 1..{MAX_WORLD_IMAGES}, got {images!r}")
+        raise ValueError(f"--images must be >= 1 and at most {MAX_WORLD_IMAGES}, got {images!r}")
     side = config.short_side[1]
     # a PNG of drawn shapes on a textured background compresses to about a third of its raw RGB bytes
     per_image = side * side * max(config.aspect[1], 1 / config.aspect[0]) * 3 / 3 + 4096 * config.captions_per_image

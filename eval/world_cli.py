@@ -7,8 +7,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from .cli_types import nonnegative_int, positive_int
-
 __all__ = ["add_world_command"]
 
 
@@ -70,8 +68,8 @@ def add_world_command(commands: argparse._SubParsersAction) -> None:
     actions = world.add_subparsers(dest="action", required=True)
     p = actions.add_parser("build", help="write images, COCO instances + captions and world.json")
     p.add_argument("--out", required=True, help="output folder (must be empty or new, unless --overwrite)")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--images", type=positive_int, default=2000, help="number of images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=2000, help="number of images")
     p.add_argument("--split", default="train", help="train, val or test (sets the partner probability)")
     p.add_argument("--config", default=None, help="YAML world config (see configs/world/default.yaml)")
     p.add_argument("--overwrite", action="store_true",
