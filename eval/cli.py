@@ -17,7 +17,9 @@ The library (`grounding/`) has no argument parsing; this file is the only place 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -109,19 +111,32 @@ def _cmd_discover(args) -> int:
         folder = out / ".overwrite" if args.overwrite else out
         if args.overwrite:
             clear_folder(folder)
-        log = open_predictions(folder, jobs, settings)  # other settings: refused before the tower loads
-        tower = _load_tower(args)
-        records = run_discovery(tower, args.method, jobs, folder, ObjectDINO(k=args.k), args.dinoseg_head,
-                                tau=args.tau, settings=settings, records=log, stride=args.stride)
-        skipped = [r for r in records if SKIPPED in r]
-        write_json(folder / "run.json", {"images": len(records), "boxes": len(records) - len(skipped),
-                                         "skipped": len(skipped), **run_metadata(vars(args))})
+        with _dropped_on_failure(folder if args.overwrite else None):
+            log = open_predictions(folder, jobs, settings)  # other settings: refused before the tower loads
+            tower = _load_tower(args)
+            records = run_discovery(tower, args.method, jobs, folder, ObjectDINO(k=args.k), args.dinoseg_head,
+                                    tau=args.tau, settings=settings, records=log, stride=args.stride)
+            skipped = [r for r in records if SKIPPED in r]
+            write_json(folder / "run.json", {"images": len(records), "boxes": len(records) - len(skipped),
+                                             "skipped": len(skipped), **run_metadata(vars(args))})
         if args.overwrite:
             promote_contents(folder, out)
     print(f"{len(records) - len(skipped)} boxes written to {out / 'predictions.jsonl'}"
           + (f"; {len(skipped)} images skipped (e.g. {skipped[0]['image']}: {skipped[0][SKIPPED]}), tried again "
              "by the next run" if skipped else ""))
     return 0
+
+
+@contextlib.contextmanager
+def _dropped_on_failure(*staging):
+    """--overwrite: a run that fails or is interrupted deletes its own staging folders (the old output is untouched)."""
+    try:
+        yield
+    except BaseException:
+        for folder in staging:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def _cmd_corloc(args) -> int:
@@ -146,7 +161,7 @@ def _cmd_corloc(args) -> int:
     out = Path(args.out)
     check_weights(args.model, "--model", "grounding tower")
     results = {}
-    with RunLock(out):
+    with RunLock(out), _dropped_on_failure(*([staging_folder(out / m) for m in methods] if args.overwrite else [])):
         logs, folders = {}, {}
         remove_stale_temporaries(out)
         for method in methods:  # every folder checked before the tower loads; --overwrite writes aside (eval.atomic)

@@ -254,6 +254,23 @@ def _cmd_lmms_task(args) -> int:
     return 0
 
 
+def _check_instances(instances: dict, path: str) -> None:
+    """Every image, category and annotation as build-pope reads them: one line naming the entry at fault."""
+    for key, fields in (("images", ("id", "file_name")), ("categories", ("id", "name")),
+                        ("annotations", ("image_id", "category_id"))):
+        if not isinstance(instances[key], list):
+            raise ValueError(f"{path}: {key} must be a list, got {type(instances[key]).__name__}")
+        for i, entry in enumerate(instances[key]):
+            missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if missing:
+                raise ValueError(f"{path}: {key}[{i}] has no {', '.join(missing)}")
+    categories = {c["id"] for c in instances["categories"]}
+    for i, ann in enumerate(instances["annotations"]):
+        if ann["category_id"] not in categories:
+            raise ValueError(f"{path}: annotations[{i}] names category_id {ann['category_id']!r}, which is not among "
+                             "the categories")
+
+
 def _cmd_build_pope(args) -> int:
     from .pope import build_pope
 
@@ -265,6 +282,7 @@ def _cmd_build_pope(args) -> int:
     if out.is_dir() or (out.exists() and not args.overwrite):
         write_new_file(out, "", overwrite=args.overwrite)  # refused with the reason before any work (writes nothing)
     instances = read_json(args.instances, "COCO instances file (--instances)", ("images", "annotations", "categories"))
+    _check_instances(instances, args.instances)
     questions = build_pope(instances, args.split, args.num_images, args.seed)
     if not questions:
         raise ValueError(f"{args.instances}: no image has 3 or more distinct object categories (of "

@@ -274,7 +274,15 @@ def run_methods(config: RunConfig, items: Sequence[Item], task: str,
     out = Path(config.out)
     lock = LOCK_NAME if state.process_index == 0 else f"{LOCK_NAME}.{state.process_index}"
     with RunLock(out, lock):
-        return _run_locked(config, items, task, score, extra_config, state)
+        try:
+            return _run_locked(config, items, task, score, extra_config, state)
+        except BaseException:  # --overwrite: a failed or interrupted run drops its staging; the old answers stay
+            if config.overwrite and state.is_main_process:
+                import shutil
+
+                for name in config.methods:
+                    shutil.rmtree(staging_folder(out / name), ignore_errors=True)
+            raise
 
 
 def _process_state(config: RunConfig):
