@@ -372,8 +372,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:  # Ctrl-C: logs are fsynced per record and derived files renamed into place
+        _close_progress_bars()  # their last refresh must not come after the one line
         print("\ngrounding: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _close_progress_bars() -> None:
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()) or ()):
+        try:
+            bar.close()
+        except Exception:  # a bar half torn down by the interrupt: nothing to flush
+            pass
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -365,9 +365,11 @@ def _run_locked(config: RunConfig, items: Sequence[Item], task: str, score: Call
             bar = tqdm(total=len(todo), desc=f"{name} [{state.process_index}]", unit="item",
                        disable=not state.is_local_main_process and state.num_processes > 1)
             bound = method.bind(model) if hasattr(method, "bind") else contextlib.nullcontext()
-            with bound:
-                _generate_all(method, model, todo, own, config, bar, stamp)
-            bar.close()
+            try:
+                with bound:
+                    _generate_all(method, model, todo, own, config, bar, stamp)
+            finally:  # closed before an error or "interrupted" line is printed, not after it
+                bar.close()
             # what decoding really ran with (sampling warpers included), kept for runs that only resume
             generation = getattr(method, "generation_settings", None)
             if generation is not None:
