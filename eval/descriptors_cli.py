@@ -241,7 +241,8 @@ def add_descriptors_command(commands: argparse._SubParsersAction, default_device
         p.add_argument("--out", required=True, help="output folder (PNGs and <command>.json)")
         p.add_argument("--stride", type=positive_int, default=None,
                        help="patch stride, a divisor of the patch size (default: half the patch size, e.g. 7 on /14)")
-        p.add_argument("--short-side", type=positive_int, default=224, help="the shorter side becomes ~this (patch multiple)")
+        p.add_argument("--short-side", type=positive_int, default=224,
+                       help="the shorter side becomes ~this (patch multiple)")
         p.add_argument("--layer", type=int, default=None,
                        help=f"layer (0-based, negative from the end; default {COMMAND_DEFAULTS[action][0]})")
         p.add_argument("--facet", choices=["key", "query", "value", "token"], default="key")
@@ -255,7 +256,8 @@ def add_descriptors_command(commands: argparse._SubParsersAction, default_device
         p.add_argument("--overwrite", action="store_true", help=f"replace an earlier {action}.json and its pictures")
         if action in ("cosegment", "parts"):
             p.add_argument("--elbow", type=unit_float, default=0.975, help="k-means elbow coefficient")
-            p.add_argument("--votes", type=unit_float, default=0.75, help="share of images that must find a cluster salient")
+            p.add_argument("--votes", type=unit_float, default=0.75,
+                           help="share of images that must find a cluster salient")
         else:
             p.set_defaults(elbow=0.975, votes=0.75)
         p.set_defaults(num_parts=4, num_pairs=10, pair=None)

@@ -30,8 +30,9 @@ from grounding.weights import lora_chain
 from .identity import file_identity, path_identity
 from .records import is_skip, write_json
 
-__all__ = ["fingerprint", "item_digest", "record_id", "input_identity", "effective_options", "weights_identity", "SettingsMismatch", "check_records", "save_settings",
-           "clear_folder", "RunLock", "LOCK_NAME", "SETTINGS_NAME"]
+__all__ = ["fingerprint", "item_digest", "record_id", "input_identity", "effective_options", "weights_identity",
+           "SettingsMismatch", "check_records", "save_settings", "clear_folder", "RunLock", "LOCK_NAME",
+           "SETTINGS_NAME"]
 
 LOCK_NAME = ".lock"
 SETTINGS_NAME = "settings.json"

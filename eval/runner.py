@@ -8,9 +8,9 @@ file of any earlier world size is read back first and nothing done is redone or 
 
 Trust (`eval.run_folder`): each method folder's `settings.json` records what produces its answers (model and
 tower weights, method options, generation settings) and every record carries that fingerprint and a digest of
-its question; a rerun with other settings or other questions under the same ids is refused before any model
-loads (`overwrite=True` writes the new records aside and swaps them in once every method succeeded). One run per `out` at a time (a lock file per process
-rank). Items whose image cannot be read are recorded as skips with the reason, retried by the next run, and
+its question and image bytes; a rerun with other settings or other inputs under the same ids is refused before
+any model loads (`overwrite=True` writes the new records aside and swaps them in once every method succeeded;
+`eval.atomic`). One run per `out` at a time (a lock file per process rank). Items whose image cannot be read are recorded as skips with the reason, retried by the next run, and
 counted (`scored`, `skipped`) in metrics.json. When sampling, each item draws from its own generator
 (`grounding.sampling.ItemSampler`, seeded by the run's seed and the item's id), so answers do not depend on
 the batch size, the process count or where a run resumed. Every process marks a method finished; the main
