@@ -72,8 +72,8 @@ def open_predictions(out_dir: str | Path, jobs: Sequence[DiscoveryJob], settings
     out_dir = Path(out_dir)
     records = JsonlLog(out_dir / "predictions.jsonl", key="image")
     if settings is not None:
-        check_records(out_dir, records.records, settings, {record_id(job.key): job.digest() for job in jobs},
-                      key="image")
+        check_records(out_dir, records.records, settings, {record_id(job.key): job.digest() for job in jobs
+                                                           if input_identity(job.path) != "unreadable"}, key="image")
     return records
 
 

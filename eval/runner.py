@@ -310,7 +310,8 @@ def _run_locked(config: RunConfig, items: Sequence[Item], task: str, score: Call
     _check_keys(items)
     items = sorted(items, key=lambda it: (str(it.image), str(it.key)))
     order = [it.key for it in items]
-    digests = {record_id(it.key): it.digest() for it in items}
+    # an image that cannot be read now is not compared: its answers (made from the bytes it had) stand
+    digests = {record_id(it.key): it.digest() for it in items if input_identity(it.image) != "unreadable"}
     mine = items[state.process_index :: state.num_processes]
 
     # every folder is checked before any model loads; with overwrite the new records go to a hidden staging
