@@ -248,7 +248,7 @@ def _cmd_lmms_task(args) -> int:
     check_new_folder(args.out, args.overwrite, "--out", (f"{args.name}.yaml", f"{args.name}.jsonl"))
     path = write_pope_task(args.questions, args.images, args.out, name=args.name,
                            post_prompt=LMMS_POST_PROMPT if args.lmms_prompt else "",
-                           max_image_side=args.max_image_side, max_new_tokens=args.max_new_tokens, limit=args.limit)
+                           max_image_side=args.max_image_side or None, max_new_tokens=args.max_new_tokens, limit=args.limit)
     print(f"lmms-eval task {args.name} -> {path}\n  lmms-eval --model grounded_vlm --model_args pretrained=MODEL,"
           f"method=highlight --tasks {args.name} --include_path {path.parent} --output_path OUT --log_samples")
     return 0
@@ -347,7 +347,8 @@ def add_commands(evaluation) -> None:
     p.add_argument("--name", default="pope_local", help="task name for lmms-eval --tasks")
     p.add_argument("--lmms-prompt", action="store_true",
                    help="append lmms-eval's POPE post-prompt (default: the question alone, as `eval pope`)")
-    p.add_argument("--max-image-side", type=positive_int, default=2048)
+    p.add_argument("--max-image-side", type=nonnegative_int, default=2048,
+                   help="decode photos at no more than this many pixels on the longer side (0: full size)")
     p.add_argument("--max-new-tokens", type=positive_int, default=128)
     p.add_argument("--limit", type=positive_int, default=None, help="first N questions only")
     p.add_argument("--overwrite", action="store_true", help="replace the task files of the same --name in --out")
