@@ -17,7 +17,9 @@ The library (`grounding/`) has no argument parsing; this file is the only place 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -61,9 +63,12 @@ def _cuda() -> bool:
 def _load_tower(args):
     from grounding.tower.backbone import PreprocessConfig, RegisterViT, TowerConfig
 
+    from .preflight import loading
+
     config = TowerConfig(model=args.model, device=args.device, dtype=args.dtype,
                          preprocess=PreprocessConfig(mode=args.resize_mode, short_side=args.short_side))
-    return RegisterViT.from_config(config)
+    with loading("--model", args.model):
+        return RegisterViT.from_config(config)
 
 
 def _check_methods(methods: list[str]) -> list[str]:
@@ -87,39 +92,66 @@ def _discovery_settings(args, method: str) -> dict:
 def _cmd_discover(args) -> int:
     from grounding.objects.object_dino import ObjectDINO
 
+    from .atomic import check_new_folder, promote_contents, recover_contents, remove_stale_temporaries
     from .discover import DiscoveryJob, list_images, open_predictions, run_discovery
+    from .preflight import check_device, check_weights
     from .records import SKIPPED, run_metadata, write_json
     from .run_folder import RunLock, clear_folder
 
     _check_methods([args.method])
     jobs = [DiscoveryJob(p.name, p) for p in list_images(args.images)]
-    out = Path(args.out)
+    out = check_new_folder(args.out, True, "--out")
     settings = _discovery_settings(args, args.method)
+    check_device(args.device)
+    check_weights(args.model, "--model", "grounding tower")
     with RunLock(out):
+        recover_contents(out)
+        remove_stale_temporaries(out)
+        # --overwrite: the new boxes go to out/.overwrite and replace the old ones only once the run has succeeded
+        folder = out / ".overwrite" if args.overwrite else out
         if args.overwrite:
-            clear_folder(out)
-        log = open_predictions(out, jobs, settings)  # other settings: refused before the tower loads
-        tower = _load_tower(args)
-        records = run_discovery(tower, args.method, jobs, out, ObjectDINO(k=args.k), args.dinoseg_head, tau=args.tau,
-                                settings=settings, records=log, stride=args.stride)
-        skipped = [r for r in records if SKIPPED in r]
-        write_json(out / "run.json", {"images": len(records), "boxes": len(records) - len(skipped),
-                                      "skipped": len(skipped), **run_metadata(vars(args))})
+            clear_folder(folder)
+        with _dropped_on_failure(folder if args.overwrite else None):
+            log = open_predictions(folder, jobs, settings)  # other settings: refused before the tower loads
+            tower = _load_tower(args)
+            records = run_discovery(tower, args.method, jobs, folder, ObjectDINO(k=args.k), args.dinoseg_head,
+                                    tau=args.tau, settings=settings, records=log, stride=args.stride)
+            skipped = [r for r in records if SKIPPED in r]
+            write_json(folder / "run.json", {"images": len(records), "boxes": len(records) - len(skipped),
+                                             "skipped": len(skipped), **run_metadata(vars(args))})
+        if args.overwrite:
+            promote_contents(folder, out)
     print(f"{len(records) - len(skipped)} boxes written to {out / 'predictions.jsonl'}"
           + (f"; {len(skipped)} images skipped (e.g. {skipped[0]['image']}: {skipped[0][SKIPPED]}), tried again "
              "by the next run" if skipped else ""))
     return 0
 
 
+@contextlib.contextmanager
+def _dropped_on_failure(*staging):
+    """--overwrite: a run that fails or is interrupted deletes its own staging folders (the old output is untouched)."""
+    try:
+        yield
+    except BaseException:
+        for folder in staging:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def _cmd_corloc(args) -> int:
     from grounding.objects.object_dino import ObjectDINO
 
     from .corloc import corloc, load_dataset
+    from .atomic import check_new_folder, promote, recover, remove_stale_temporaries, staging_folder
     from .discover import DiscoveryJob, open_predictions, run_discovery
+    from .preflight import check_device, check_weights
     from .records import SKIPPED, run_metadata, write_json
     from .run_folder import RunLock, clear_folder
 
     methods = _check_methods(args.method.split(","))
+    check_new_folder(args.out, True, "--out")
+    check_device(args.device)
     items = load_dataset(args.dataset, args.root, args.image_list)
     if args.limit:
         items = items[: args.limit]
@@ -127,16 +159,20 @@ def _cmd_corloc(args) -> int:
         raise ValueError(f"{args.dataset} at {args.root}: no images with boxes to score")
     jobs = [DiscoveryJob(item.image_id, item.path, item.boxes) for item in items]
     out = Path(args.out)
+    check_weights(args.model, "--model", "grounding tower")
     results = {}
-    with RunLock(out):
-        logs = {}
-        for method in methods:  # every folder checked before the tower loads
+    with RunLock(out), _dropped_on_failure(*([staging_folder(out / m) for m in methods] if args.overwrite else [])):
+        logs, folders = {}, {}
+        remove_stale_temporaries(out)
+        for method in methods:  # every folder checked before the tower loads; --overwrite writes aside (eval.atomic)
+            recover(out / method)
+            folders[method] = staging_folder(out / method) if args.overwrite else out / method
             if args.overwrite:
-                clear_folder(out / method)
-            logs[method] = open_predictions(out / method, jobs, _discovery_settings(args, method))
+                clear_folder(folders[method])
+            logs[method] = open_predictions(folders[method], jobs, _discovery_settings(args, method))
         tower = _load_tower(args)
         for method in methods:
-            records = run_discovery(tower, method, jobs, out / method, ObjectDINO(k=args.k), args.dinoseg_head,
+            records = run_discovery(tower, method, jobs, folders[method], ObjectDINO(k=args.k), args.dinoseg_head,
                                     pictures=args.pictures, tau=args.tau, settings=_discovery_settings(args, method),
                                     records=logs[method], stride=args.stride)
             scored = [r for r in records if SKIPPED not in r]
@@ -148,6 +184,9 @@ def _cmd_corloc(args) -> int:
                                "skipped_examples": [{"image": r["image"], "reason": r[SKIPPED]}
                                                     for r in records if SKIPPED in r][:5],
                                "degenerate": sum(bool(r.get("degenerate")) for r in scored)}
+        if args.overwrite:  # every method succeeded: now the old boxes are replaced
+            for method in methods:
+                promote(folders[method], out / method)
         write_json(out / "metrics.json", {"dataset": args.dataset, "results": results, **run_metadata(vars(args))})
     for method, result in results.items():
         print(f"{args.dataset} {method:20s} CorLoc {result['corloc']:6.2f}  ({result['images']} images scored, "
@@ -162,7 +201,13 @@ def _cmd_corloc(args) -> int:
 
 def _cmd_demo(args) -> int:
     from .demo import run_demo
+    from .preflight import check_device
 
+    check_device(args.device)
+    if args.world_config:  # checked before the first model loads or anything is retrained
+        from .config_checks import load_world_config
+
+        load_world_config(args.world_config)
     if args.retrain:
         from .retrain import retrain
 
@@ -196,6 +241,16 @@ def _world_methods(args) -> tuple[str, ...]:
 def _cmd_align(args) -> int:
     from lightning_modules.align import AlignConfig, align_projector
 
+    from .atomic import OutputExistsError
+    from .preflight import check_device, check_weights
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise OutputExistsError(f"--out {out} is a folder; --out takes the .safetensors file to write")
+    if out.exists() and not args.overwrite:
+        raise OutputExistsError(f"--out {out} already exists; pass --overwrite to replace it or choose another --out")
+    check_device(args.device)
+    check_weights(args.vlm, "--vlm", "VLM")
     stats = align_projector(args.vlm, args.images, args.instances, args.out, args.image_size,
                             AlignConfig(epochs=args.epochs, max_images=args.max_images), device=args.device)
     print(f"aligned the projector on {stats['images']} images ({stats['grid']}x{stats['grid']} patches) in "
@@ -233,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lost, tokencut, dinoseg, object-dino (the references) or lost-centred, tokencut-adaptive, "
                         f"object-dino-adaptive (default: {DISCOVERY_DEFAULT}); see docs/discovery.md")
     p.add_argument("--overwrite", action="store_true",
-                   help="delete --out's earlier boxes instead of refusing other settings")
+                   help="replace --out's earlier boxes (once this run succeeded) instead of refusing")
     p.set_defaults(func=_cmd_discover)
 
     p = commands.add_parser("demo", help="the main job on the embedded default (offline, real weights and photos)")
@@ -288,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, default=None, help="first N images only")
     p.add_argument("--pictures", action="store_true", help="also write masks and overlays")
     p.add_argument("--overwrite", action="store_true",
-                   help="delete the methods' earlier boxes in --out instead of refusing other settings")
+                   help="replace the methods' earlier boxes (once this run succeeded) instead of refusing")
     p.set_defaults(func=_cmd_corloc)
     add_commands(evaluation)
 
@@ -305,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, default=6)
     p.add_argument("--max-images", type=positive_int, default=None)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_cmd_align)
 
     p = commands.add_parser("fit", help="LightningCLI fine-tuning of region tokens", add_help=False)
@@ -313,6 +369,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C: logs are fsynced per record and derived files renamed into place
+        _close_progress_bars()  # their last refresh must not come after the one line
+        print("\ngrounding: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _close_progress_bars() -> None:
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()) or ()):
+        try:
+            bar.close()
+        except Exception:  # a bar half torn down by the interrupt: nothing to flush
+            pass
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["fit"]:
         from lightning_modules.cli import main as fit_main

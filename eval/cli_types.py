@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["positive_int", "nonnegative_int", "positive_float", "config_value"]
+__all__ = ["positive_int", "nonnegative_int", "positive_float", "unit_float", "finite_float", "config_value"]
 
 
 def _integer(text: str) -> int:
@@ -41,6 +41,24 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """A number in 0..1 (a share, a probability, a threshold on a normalised map)."""
+    value = finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in 0..1, got {text!r}")
     return value
 
 

@@ -10,6 +10,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cli_types import positive_int, unit_float
+
 __all__ = ["add_descriptors_command", "write_pca", "write_cosegment", "write_parts", "write_correspondences",
            "COMMAND_DEFAULTS"]
 
@@ -151,9 +153,14 @@ def _cmd_descriptors(args) -> int:
     from grounding.images import load_image
     from grounding.descriptors.part_cosegment import PartsConfig
 
+    from .atomic import check_new_folder
     from .discover import list_images
+    from .preflight import check_device, check_weights, loading
     from .records import run_metadata, write_json
 
+    check_new_folder(args.out, args.overwrite, "--out", (f"{args.action}.json",))
+    check_device(args.device)
+    check_weights(args.model, "--model", "tower")
     paths = list_images(args.images)
     if args.pair:
         wanted = [name.strip() for name in args.pair.split(",")]
@@ -164,8 +171,12 @@ def _cmd_descriptors(args) -> int:
         paths = [by_name[name] for name in wanted]
     if args.action == "correspond":
         paths = paths[:2]
-    tower = RegisterViT.from_config(TowerConfig(model=args.model, device=args.device, dtype=args.dtype,
-                                                preprocess=PreprocessConfig(short_side=args.short_side)))
+    with loading("--model", args.model):
+        tower = RegisterViT.from_config(TowerConfig(model=args.model, device=args.device, dtype=args.dtype,
+                                                    preprocess=PreprocessConfig(short_side=args.short_side)))
+    if args.layer is not None and not -tower.num_layers <= args.layer < tower.num_layers:
+        raise ValueError(f"--layer {args.layer}: the tower has {tower.num_layers} layers "
+                         f"({-tower.num_layers}..{tower.num_layers - 1})")
     stride = args.stride if args.stride else max(1, tower.patch_size // 2)
     extractor = DenseExtractor(tower, stride)
     layer_default, bin_default = COMMAND_DEFAULTS[args.action]
@@ -209,28 +220,31 @@ def add_descriptors_command(commands: argparse._SubParsersAction, default_device
         p.add_argument("--model", required=True, help="hub name or local directory of the tower")
         p.add_argument("--images", required=True, help="folder of images (correspond: the first two, or --pair)")
         p.add_argument("--out", required=True, help="output folder (PNGs and <command>.json)")
-        p.add_argument("--stride", type=int, default=None,
+        p.add_argument("--stride", type=positive_int, default=None,
                        help="patch stride, a divisor of the patch size (default: half the patch size, e.g. 7 on /14)")
-        p.add_argument("--short-side", type=int, default=224, help="the shorter side becomes ~this (patch multiple)")
+        p.add_argument("--short-side", type=positive_int, default=224,
+                       help="the shorter side becomes ~this (patch multiple)")
         p.add_argument("--layer", type=int, default=None,
                        help=f"layer (0-based, negative from the end; default {COMMAND_DEFAULTS[action][0]})")
         p.add_argument("--facet", choices=["key", "query", "value", "token"], default="key")
         p.add_argument("--bin", choices=["yes", "no"], default=None,
                        help=f"log-binned descriptors (default {'yes' if COMMAND_DEFAULTS[action][1] else 'no'})")
         p.add_argument("--heads", default=None, help="comma-separated heads for the saliency map (default: all)")
-        p.add_argument("--threshold", type=float, default=None,
+        p.add_argument("--threshold", type=unit_float, default=None,
                        help="saliency threshold (default 0.065 for co-segmentation, 0.05 for correspondences)")
         p.add_argument("--device", default=default_device)
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+        p.add_argument("--overwrite", action="store_true", help=f"replace an earlier {action}.json and its pictures")
         if action in ("cosegment", "parts"):
-            p.add_argument("--elbow", type=float, default=0.975, help="k-means elbow coefficient")
-            p.add_argument("--votes", type=float, default=0.75, help="share of images that must find a cluster salient")
+            p.add_argument("--elbow", type=unit_float, default=0.975, help="k-means elbow coefficient")
+            p.add_argument("--votes", type=unit_float, default=0.75,
+                           help="share of images that must find a cluster salient")
         else:
             p.set_defaults(elbow=0.975, votes=0.75)
         p.set_defaults(num_parts=4, num_pairs=10, pair=None)
         if action == "parts":
-            p.add_argument("--num-parts", type=int, default=4)
+            p.add_argument("--num-parts", type=positive_int, default=4)
         if action == "correspond":
-            p.add_argument("--num-pairs", type=int, default=10)
+            p.add_argument("--num-pairs", type=positive_int, default=10)
             p.add_argument("--pair", default=None, help="two file names in --images, comma-separated")
         p.set_defaults(func=_cmd_descriptors)

@@ -32,7 +32,7 @@ from grounding.viz import draw_boxes, overlay
 
 from .corloc import iou
 from .records import SKIPPED, JsonlLog
-from .run_folder import check_records, fingerprint, item_digest, save_settings
+from .run_folder import check_records, fingerprint, input_identity, item_digest, record_id, save_settings
 
 __all__ = ["DiscoveryJob", "run_discovery", "open_predictions", "IMAGE_SUFFIXES", "list_images", "mark_degenerate"]
 
@@ -57,7 +57,7 @@ class DiscoveryJob:
     gt_boxes: list[list[float]] | None = None
 
     def digest(self) -> str:
-        return item_digest(self.key, self.path.name, self.gt_boxes)
+        return item_digest(self.key, self.path.name, input_identity(self.path), self.gt_boxes)
 
 
 def _method_options(object_dino: ObjectDINO, dinoseg_head: int, tau: float | None, tower: RegisterViT) -> dict:
@@ -68,12 +68,12 @@ def _method_options(object_dino: ObjectDINO, dinoseg_head: int, tau: float | Non
 
 def open_predictions(out_dir: str | Path, jobs: Sequence[DiscoveryJob], settings: dict | None = None) -> JsonlLog:
     """`out_dir/predictions.jsonl`; with `settings`, refused (SettingsMismatch) when its records were made with
-    other settings or from other inputs, and the settings saved beside it."""
+    other settings or from other inputs (`run_discovery` saves the settings beside it)."""
     out_dir = Path(out_dir)
     records = JsonlLog(out_dir / "predictions.jsonl", key="image")
     if settings is not None:
-        check_records(out_dir, records.records, settings, {job.key: job.digest() for job in jobs}, key="image")
-        save_settings(out_dir, settings)
+        check_records(out_dir, records.records, settings, {record_id(job.key): job.digest() for job in jobs
+                                                           if input_identity(job.path) != "unreadable"}, key="image")
     return records
 
 
@@ -93,6 +93,8 @@ def run_discovery(tower: RegisterViT, method: str, jobs: Sequence[DiscoveryJob],
     out_dir = Path(out_dir)
     object_dino = object_dino or ObjectDINO(k=12)
     records = records if records is not None else open_predictions(out_dir, jobs, settings)
+    if settings is not None:  # saved once the tower has loaded: a refused or failed run leaves none behind
+        save_settings(out_dir, settings)
     stamp = {"run": fingerprint(settings)} if settings is not None else {}
     todo = [job for job in jobs if job.key not in records.done]
     if len(todo) < len(jobs):

@@ -43,7 +43,8 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
                         help="decode photos at no more than this many pixels on the longer side (0: full size)")
     parser.add_argument("--method-options", default=None, help='JSON, e.g. \'{"highlight": {"alpha": 0.4}}\'')
     parser.add_argument("--overwrite", action="store_true",
-                        help="delete the methods' earlier answers in --out instead of refusing other settings")
+                        help="replace the methods' earlier answers in --out (once this run has succeeded) instead of "
+                             "refusing other settings")
 
 
 def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
@@ -101,6 +102,9 @@ def run_config_from_args(args):
         raise ValueError(f"missing options: {', '.join('--' + m.replace('_', '-') for m in missing)}")
     if not Path(args.images).is_dir():
         raise FileNotFoundError(f"--images {args.images}: no such folder")
+    from .atomic import check_new_folder
+
+    check_new_folder(args.out, True, "--out")  # a file given as --out: named, not "[Errno 17] File exists"
     return RunConfig(model=args.model, methods=args.methods, out=args.out, tower=args.tower,
                      tower_short_side=args.tower_short_side, batch_size=args.batch_size,
                      max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
@@ -123,8 +127,14 @@ def _cmd_pope(args) -> int:
     args.max_new_tokens = args.max_new_tokens or 64
     config = run_config_from_args(args)
     bench = PopeBenchmark(args.questions or args.split, args.images, args.parser, args.limit)
-    results = run_methods(config, bench.items(), bench.task, bench.score,
-                          {"split": args.split, "questions": args.questions, "parser": args.parser})
+    items = bench.items()
+    unlabelled = [it.key for it in items if it.extra.get("label") is None]
+    if unlabelled:  # scoring needs them: refused before any model loads, not after every question was answered
+        raise ValueError(f"{args.questions or args.split}: {len(unlabelled)} questions have no yes/no label (e.g. "
+                         f"{unlabelled[:3]}); POPE scores answers against a label per question")
+    results = run_methods(config, items, bench.task, bench.score,
+                          {"split": None if args.questions else args.split, "questions": args.questions,
+                           "parser": args.parser})
     for method, m in results.items():
         print(f"{method:16s} acc {m['accuracy']:6.2f}  prec {m['precision']:6.2f}  rec {m['recall']:6.2f}  "
               f"F1 {m['f1']:6.2f}  yes {m['yes_ratio']:6.2f}  unknown {m['unknown']}  scored {m['scored']}  "
@@ -158,91 +168,16 @@ def _cmd_chair(args) -> int:
     return 0
 
 
-def _lmms_eval_sample(row: dict) -> dict:
-    """An lmms-eval --log_samples row (POPE task) -> {question_id, answer}: the raw response, before its parser."""
-    response = row["filtered_resps"]
-    response = response[0] if isinstance(response, list) else response
-    metric = next((v for v in row.values() if isinstance(v, dict) and "question_id" in v), row.get("doc", {}))
-    return {"question_id": metric["question_id"], "answer": response}
-
-
-def _rows(path: str | None, option: str, what: str) -> list[tuple[int, dict]]:
-    from .records import read_jsonl
-
-    if not path:
-        raise ValueError(f"missing {option} FILE ({what})")
-    rows = list(read_jsonl(path, f"{option} file"))
-    if not rows:
-        raise ValueError(f"{option} {path}: no rows (an empty file)")
-    return rows
-
-
-def _answers_by_question(path: str, questions: list[dict]) -> list[str]:
-    """Answers in question order: matched by question_id (1 and "1" are the same id) or, without ids, by line."""
-    from .pope import question_id
-
-    rows = _rows(path, "--answers", "JSONL: question_id + answer / text / output / prediction")
-    if "filtered_resps" in rows[0][1]:  # lmms-eval's --log_samples file
-        rows = [(number, _lmms_eval_sample(row)) for number, row in rows]
-    text_field = next((f for f in ("answer", "text", "output", "prediction") if f in rows[0][1]), None)
-    if text_field is None:
-        raise ValueError(f"{path} line {rows[0][0]}: no answer field (answer / text / output / prediction)")
-    by_id = "question_id" in rows[0][1]
-    answers: dict[str, str] = {}
-    lines: dict[str, int] = {}
-    for number, row in rows:
-        here = f"{path} line {number}"
-        if not isinstance(row.get(text_field), str):
-            raise ValueError(f"{here}: {text_field} must be a string (the model's answer), got {row.get(text_field)!r}")
-        if by_id:
-            if "question_id" not in row:
-                raise ValueError(f"{here}: no question_id (line {rows[0][0]} has one: every answer needs one)")
-            key = str(question_id(row["question_id"], here))
-            if key in answers:
-                raise ValueError(f"{here}: question_id {row['question_id']!r} answered again (line {lines[key]}); "
-                                 "one answer per question")
-            answers[key], lines[key] = row[text_field], number
-    if not by_id:  # the official POPE answer files have no ids: line order
-        if len(rows) != len(questions):
-            raise ValueError(f"{path}: {len(rows)} answers without question ids for {len(questions)} questions")
-        return [row[text_field] for _, row in rows]
-    missing = [q["question_id"] for q in questions if str(q["question_id"]) not in answers]
-    if missing:
-        raise ValueError(f"{path}: no answers for {len(missing)} of {len(questions)} questions (e.g. {missing[:3]})")
-    extra = sorted(set(answers) - {str(q["question_id"]) for q in questions})
-    if extra:
-        raise ValueError(f"{path}: answers for {len(extra)} question ids not in the question file (e.g. {extra[:3]}): "
-                         "another question file?")
-    return [answers[str(q["question_id"])] for q in questions]
-
-
-def _captions(path: str) -> list[dict]:
-    from .pope import question_id
-
-    rows = _rows(path, "--captions", "JSONL: image_id + caption")
-    captions, seen = [], {}
-    for number, row in rows:
-        here = f"{path} line {number}"
-        for name in ("image_id", "caption"):
-            if name not in row:
-                raise ValueError(f"{here}: no {name} (each line needs image_id and caption)")
-        if not isinstance(row["caption"], str):
-            raise ValueError(f"{here}: caption must be a string, got {row['caption']!r}")
-        key = str(question_id(row["image_id"], here))
-        if key in seen:
-            raise ValueError(f"{here}: image_id {row['image_id']!r} again (line {seen[key]}); one caption per image")
-        seen[key] = number
-        captions.append({"image_id": row["image_id"], "caption": row["caption"]})
-    return captions
-
-
 def _cmd_score(args) -> int:
+    from .answers import caption_rows, pope_answers
+    from .atomic import check_new_folder
     from .benchmarks import score_captions
     from .chair import ground_truth_from_coco, ground_truth_from_json
     from .pope import load_questions, parse_answer, pope_metrics
     from .records import run_metadata, write_json, write_jsonl
 
-    out = Path(args.out)
+    out = check_new_folder(args.out, True, "--out")  # a file given as --out: refused before anything is read
+    skipped = []
     if args.kind == "pope":
         if not args.questions:
             raise ValueError("missing --questions (a question file or a shipped split such as coco_adversarial)")
@@ -251,7 +186,7 @@ def _cmd_score(args) -> int:
         if unlabelled:
             raise ValueError(f"{args.questions}: {len(unlabelled)} questions have no yes/no label (e.g. "
                              f"{unlabelled[:3]}): cannot score")
-        answers = _answers_by_question(args.answers, questions)
+        questions, answers, skipped = pope_answers(args.answers, questions)
         parsed = [parse_answer(a, args.parser) for a in answers]
         metrics = {**pope_metrics([q["label"] for q in questions], parsed), "parser": args.parser}
         per_item = [{"question_id": q["question_id"], "label": q["label"], "answer": a, "parsed": p}
@@ -270,7 +205,7 @@ def _cmd_score(args) -> int:
         if not args.ground_truth and not args.annotations:
             raise ValueError("chair needs --annotations DIR (COCO 2014 instances_/captions_*.json) or --ground-truth "
                              "FILE (JSON image id -> object names)")
-        captions = _captions(args.captions)
+        captions, skipped = caption_rows(args.captions)
         truth = (ground_truth_from_json(args.ground_truth) if args.ground_truth
                  else ground_truth_from_coco(args.annotations))
         truth = {str(k): v for k, v in truth.items()}  # 1 and "1" are the same image
@@ -282,29 +217,59 @@ def _cmd_score(args) -> int:
         per_item = metrics.pop("per_caption")
         print(f"CHAIR_s {metrics['chair_s']:.2f}  CHAIR_i {metrics['chair_i']:.2f}  recall {metrics['recall']:.2f}  "
               f"({metrics['captions']} captions)")
+    if skipped:
+        example = skipped[0].get("key", skipped[0].get("question_id", skipped[0].get("image_id")))
+        print(f"warning: {len(skipped)} items of {args.answers or args.captions} were skipped by their run (e.g. "
+              f"{example!r}: {skipped[0].get('skipped')}); the figures cover the other "
+              f"{len(per_item)}, as the run's own did", file=sys.stderr)
+    metrics.update(scored=len(per_item), skipped=len(skipped))
     task = "question" if args.kind == "pope" else "caption"
+    check_new_folder(out, args.overwrite, "--out", ("metrics.json", "per_item.jsonl"))
     write_json(out / "metrics.json", {"task": task, "results": {"scored": metrics}, **run_metadata(vars(args))})
     write_jsonl(out / "per_item.jsonl", per_item)
     return 0
 
 
 def _cmd_report(args) -> int:
-    from .report import write_report
+    from .atomic import check_new_folder
+    from .report import load_runs, write_report
 
-    report = write_report(args.runs, args.out or Path(args.runs[0]).parent / "report")
+    out = args.out or Path(args.runs[0]).parent / "report"
+    load_runs(args.runs)  # every run folder readable before anything is written
+    check_new_folder(out, args.overwrite, "--out", ("report.md", "pope.png", "chair.png"))
+    report = write_report(args.runs, out)
     print(report.read_text())
     return 0
 
 
 def _cmd_lmms_task(args) -> int:
+    from .atomic import check_new_folder
     from .lmms_pope import LMMS_POST_PROMPT, write_pope_task
 
+    check_new_folder(args.out, args.overwrite, "--out", (f"{args.name}.yaml", f"{args.name}.jsonl"))
     path = write_pope_task(args.questions, args.images, args.out, name=args.name,
                            post_prompt=LMMS_POST_PROMPT if args.lmms_prompt else "",
-                           max_image_side=args.max_image_side, max_new_tokens=args.max_new_tokens, limit=args.limit)
+                           max_image_side=args.max_image_side or None, max_new_tokens=args.max_new_tokens, limit=args.limit)
     print(f"lmms-eval task {args.name} -> {path}\n  lmms-eval --model grounded_vlm --model_args pretrained=MODEL,"
           f"method=highlight --tasks {args.name} --include_path {path.parent} --output_path OUT --log_samples")
     return 0
+
+
+def _check_instances(instances: dict, path: str) -> None:
+    """Every image, category and annotation as build-pope reads them: one line naming the entry at fault."""
+    for key, fields in (("images", ("id", "file_name")), ("categories", ("id", "name")),
+                        ("annotations", ("image_id", "category_id"))):
+        if not isinstance(instances[key], list):
+            raise ValueError(f"{path}: {key} must be a list, got {type(instances[key]).__name__}")
+        for i, entry in enumerate(instances[key]):
+            missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if missing:
+                raise ValueError(f"{path}: {key}[{i}] has no {', '.join(missing)}")
+    categories = {c["id"] for c in instances["categories"]}
+    for i, ann in enumerate(instances["annotations"]):
+        if ann["category_id"] not in categories:
+            raise ValueError(f"{path}: annotations[{i}] names category_id {ann['category_id']!r}, which is not among "
+                             "the categories")
 
 
 def _cmd_build_pope(args) -> int:
@@ -312,10 +277,19 @@ def _cmd_build_pope(args) -> int:
 
     from grounding.annotations import read_json
 
+    from .atomic import write_new_file
+
+    out = Path(args.out)
+    if out.is_dir() or (out.exists() and not args.overwrite):
+        write_new_file(out, "", overwrite=args.overwrite)  # refused with the reason before any work (writes nothing)
     instances = read_json(args.instances, "COCO instances file (--instances)", ("images", "annotations", "categories"))
+    _check_instances(instances, args.instances)
     questions = build_pope(instances, args.split, args.num_images, args.seed)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("".join(json.dumps(q) + "\n" for q in questions))
+    if not questions:
+        raise ValueError(f"{args.instances}: no image has 3 or more distinct object categories (of "
+                         f"{len(instances['images'])} images, {len(instances['annotations'])} annotations): no POPE "
+                         "questions can be made; nothing written")
+    write_new_file(out, "".join(json.dumps(q) + "\n" for q in questions), overwrite=args.overwrite)
     print(f"{len(questions)} questions -> {args.out}")
     return 0
 
@@ -339,19 +313,23 @@ def add_commands(evaluation) -> None:
     p = evaluation.add_parser("score", help="score answers / captions produced elsewhere")
     p.add_argument("kind", choices=["pope", "chair"])
     p.add_argument("--questions", help="pope: question file or shipped split")
-    p.add_argument("--answers", help="pope: JSONL answers (question_id + answer/text), or one per line in order")
+    p.add_argument("--answers", help="pope: JSONL answers matched by id (question_id or a run's key, + answer/text; "
+                                     "a run's predictions.jsonl as it is), or plain text, one answer per line in "
+                                     "the question file's order")
     p.add_argument("--parser", default="official", choices=["official", "strict", "substring"])
     p.add_argument("--captions", help="chair: JSONL with image_id and caption")
     p.add_argument("--ground-truth", default=None)
     p.add_argument("--annotations", default=None)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for metrics.json and per_item.jsonl")
+    p.add_argument("--overwrite", action="store_true", help="replace the metrics.json / per_item.jsonl in --out")
     p.add_argument("--lmms-eval", action="store_true",
                    help="pope: also lmms-eval's POPE scoring of the same answers (needs lmms-eval installed)")
     p.set_defaults(func=_cmd_score)
 
     p = evaluation.add_parser("report", help="markdown table + plots over run folders")
     p.add_argument("runs", nargs="+")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="report folder (default: report/ beside the first run)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     p.set_defaults(func=_cmd_report)
 
     p = evaluation.add_parser("build-pope", help="make POPE questions from a COCO-format instance file")
@@ -359,7 +337,8 @@ def add_commands(evaluation) -> None:
     p.add_argument("--split", default="adversarial", choices=["random", "popular", "adversarial"])
     p.add_argument("--num-images", type=positive_int, default=500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="question file to write (JSON lines)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (once the new file is ready)")
     p.set_defaults(func=_cmd_build_pope)
 
     p = evaluation.add_parser("lmms-task", help="an lmms-eval task folder for a POPE question file (offline)")
@@ -369,7 +348,9 @@ def add_commands(evaluation) -> None:
     p.add_argument("--name", default="pope_local", help="task name for lmms-eval --tasks")
     p.add_argument("--lmms-prompt", action="store_true",
                    help="append lmms-eval's POPE post-prompt (default: the question alone, as `eval pope`)")
-    p.add_argument("--max-image-side", type=int, default=2048)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--limit", type=int, default=None, help="first N questions only")
+    p.add_argument("--max-image-side", type=nonnegative_int, default=2048,
+                   help="decode photos at no more than this many pixels on the longer side (0: full size)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128)
+    p.add_argument("--limit", type=positive_int, default=None, help="first N questions only")
+    p.add_argument("--overwrite", action="store_true", help="replace the task files of the same --name in --out")
     p.set_defaults(func=_cmd_lmms_task)

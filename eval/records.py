@@ -148,11 +148,15 @@ def check_finite(value: Any, where: str, path: str = "") -> None:
 def _replace(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temporary.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(path)
+    try:
+        with temporary.open("w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+    except BaseException:  # a full disk, a Ctrl-C: the old file stays whole and no temporary file stays behind
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: str | Path, payload: dict) -> None:

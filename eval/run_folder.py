@@ -4,13 +4,14 @@
   weights, method and its options, generation settings, ...) and its `fingerprint` (a hash). Every record
   carries that fingerprint (`run`) and a digest of its input (`item`: question text, image file, label, ...).
   A rerun resumes only records made with the same settings and the same input; anything else is refused with
-  one error that names what differs and offers `--overwrite` (which clears the folder first).
+  one error that names what differs and offers `--overwrite` (which replaces them once the new run succeeded).
 * Lock: `RunLock` takes an exclusive `flock` on a lock file in the folder and writes its pid there. A second
   run on the same folder fails at once, naming the file and the pid; the kernel drops the lock when its
   process dies, so the lock of a killed run is simply taken over.
 
-Weights given as local folders are identified by their files (names, sizes, modification times, or an asset's
-DONE.json), so weights retrained into the same folder count as other settings.
+Weights given as local folders are identified by their content (`eval.identity`): weights replaced or retrained
+in the same folder, an edited chat template or tokenizer file, count as other settings; a copied or moved model
+folder is the same model.
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ from typing import Any
 
 from grounding.weights import lora_chain
 
+from .identity import file_identity, path_identity
 from .records import is_skip, write_json
 
-__all__ = ["fingerprint", "item_digest", "weights_identity", "SettingsMismatch", "check_records", "save_settings",
-           "clear_folder", "RunLock", "LOCK_NAME", "SETTINGS_NAME"]
+__all__ = ["fingerprint", "item_digest", "record_id", "input_identity", "effective_options", "weights_identity",
+           "SettingsMismatch", "check_records", "save_settings", "clear_folder", "RunLock", "LOCK_NAME",
+           "SETTINGS_NAME"]
 
 LOCK_NAME = ".lock"
 SETTINGS_NAME = "settings.json"
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".model", ".txt")
 
 
 class SettingsMismatch(ValueError):
@@ -48,14 +50,27 @@ def fingerprint(settings: dict) -> str:
     return hashlib.sha256(_canonical(settings).encode()).hexdigest()[:16]
 
 
+def record_id(value: Any) -> str:
+    """The id a record is filed under: 3 and "3" are one item (as in the question files), a list by its JSON."""
+    return json.dumps(list(value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def input_identity(path: str | Path) -> str:
+    """An input file by its bytes (eval.identity); a file that cannot be read as "unreadable" (its record is a
+    skip, retried anyway)."""
+    try:
+        return file_identity(path)
+    except OSError:
+        return "unreadable"
+
+
 def item_digest(*parts: Any) -> str:
     """Digest of what one record was made from (key, image file name, prompt, label, ...)."""
     return hashlib.sha256(_canonical(parts).encode()).hexdigest()[:12]
 
 
 def weights_identity(name: str | None) -> str | None:
-    """A hub name as given; a local folder by its absolute path plus its files' names, sizes and times (or the
-    DONE.json an asset build writes). A LoRA folder also names every adapter under it and the checkpoint it
+    """A hub name as given; a local folder by its content (`eval.identity.folder_identity`). A LoRA folder also names every adapter under it and the checkpoint it
     starts from (a LoRA is nothing without its base)."""
     if name is None:
         return None
@@ -66,16 +81,27 @@ def weights_identity(name: str | None) -> str | None:
 
 
 def _folder_identity(name: str) -> str:
-    path = Path(str(name)).expanduser()
-    if not path.exists():
-        return str(name)
-    path = path.resolve()
-    if (path / "DONE.json").is_file():
-        return f"{path}:{hashlib.sha256((path / 'DONE.json').read_bytes()).hexdigest()[:16]}"
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*")
-                                                 if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
-    stats = [(str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return f"{path}:{fingerprint({'files': stats})}"
+    """A local folder or file by its content (eval.identity: weights by size, safetensors header and sampled
+    blocks, every config / tokenizer / processor / chat-template file by its bytes); a hub id as given."""
+    return path_identity(name)
+
+
+def effective_options(method: str, options: dict) -> dict:
+    """A method's options as it will run them: every option of a config-dataclass method with its value (given or
+    default), so an option given at its default value is no change; other methods' options as given."""
+    import dataclasses
+
+    from grounding.methods import _OPTIONS
+
+    rule = _OPTIONS.get(method)
+    if not (dataclasses.is_dataclass(rule) and isinstance(rule, type)):
+        return dict(options)
+    try:
+        full = dataclasses.asdict(rule(**options))
+    except (TypeError, ValueError):  # refused elsewhere with its own message
+        return dict(options)
+    full.pop("mode", None)  # set by the method itself
+    return full
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -93,7 +119,7 @@ def check_records(folder: Path, records: Iterable[dict], settings: dict, digests
                   key: str = "key") -> None:
     """Refuse a folder whose records were made with other settings, or from other inputs under the same keys.
 
-    records: the folder's records (skips included); digests: this run's item digest per key. Skipped records
+    records: the folder's records (skips included); digests: this run's item digest per `record_id`. Skipped records
     are retried anyway, so only their settings must match."""
     stamp = fingerprint(settings)
     foreign, changed, total = [], [], 0
@@ -102,7 +128,7 @@ def check_records(folder: Path, records: Iterable[dict], settings: dict, digests
         if record.get("run") != stamp:
             foreign.append(record)
         elif not is_skip(record):
-            k = tuple(record[key]) if isinstance(record[key], list) else record[key]
+            k = record_id(record[key])
             if k in digests and record.get("item") != digests[k]:
                 changed.append(k)
     if foreign:
@@ -115,12 +141,12 @@ def check_records(folder: Path, records: Iterable[dict], settings: dict, digests
             what = "were made with other settings:\n  " + "\n  ".join(_differences(old, settings))
         raise SettingsMismatch(
             f"{folder}: {len(foreign)} of {total} records {what}\nResuming would mix them with this run's. Rerun "
-            f"with --overwrite to delete them and start afresh, or choose another --out.")
+            f"with --overwrite to replace them once the new run has succeeded, or choose another --out.")
     if changed:
         raise SettingsMismatch(
             f"{folder}: {len(changed)} records were made from other inputs under the same ids (e.g. {changed[:3]}: "
-            "another question file, image file or label). Rerun with --overwrite to delete them and start afresh, "
-            "or choose another --out.")
+            "another question file, other image bytes under the same file name, or another label). Rerun with "
+            "--overwrite to replace them once the new run has succeeded, or choose another --out.")
 
 
 def save_settings(folder: Path, settings: dict) -> None:

@@ -8,9 +8,9 @@ file of any earlier world size is read back first and nothing done is redone or 
 
 Trust (`eval.run_folder`): each method folder's `settings.json` records what produces its answers (model and
 tower weights, method options, generation settings) and every record carries that fingerprint and a digest of
-its question; a rerun with other settings or other questions under the same ids is refused before any model
-loads (`overwrite=True` clears the folders instead). One run per `out` at a time (a lock file per process
-rank). Items whose image cannot be read are recorded as skips with the reason, retried by the next run, and
+its question and image bytes; a rerun with other settings or other inputs under the same ids is refused before
+any model loads (`overwrite=True` writes the new records aside and swaps them in once every method succeeded;
+`eval.atomic`). One run per `out` at a time (a lock file per process rank). Items whose image cannot be read are recorded as skips with the reason, retried by the next run, and
 counted (`scored`, `skipped`) in metrics.json. When sampling, each item draws from its own generator
 (`grounding.decoding.sampling.ItemSampler`, seeded by the run's seed and the item's id), so answers do not depend on
 the batch size, the process count or where a run resumed. Every process marks a method finished; the main
@@ -38,8 +38,9 @@ from grounding.decoding.prefix_cache import PrefixCache
 from grounding.vlm import load_vlm
 
 from .records import SKIPPED, JsonlLog, is_skip, run_metadata, write_json, write_jsonl
-from .run_folder import (LOCK_NAME, RunLock, check_records, clear_folder, fingerprint, item_digest, save_settings,
-                         weights_identity)
+from .atomic import promote, recover, remove_stale_temporaries, staging_folder
+from .run_folder import (LOCK_NAME, RunLock, check_records, clear_folder, effective_options, fingerprint,
+                         input_identity, item_digest, record_id, save_settings, weights_identity)
 
 __all__ = ["Item", "RunConfig", "run_methods", "merged_predictions", "method_settings"]
 
@@ -54,8 +55,10 @@ class Item:
     extra: dict = field(default_factory=dict)  # kept in the record (label, question text, ...)
 
     def digest(self) -> str:
-        """What the record of this item was made from (not the images folder: runs may move it)."""
-        return item_digest(self.key, Path(self.image).name, self.prompt, self.extra)
+        """What the record of this item was made from: its id, the image's file name and bytes, the prompt and the
+        label (not the images folder: runs may move it)."""
+        return item_digest(record_id(self.key), Path(self.image).name, input_identity(self.image), self.prompt,
+                           self.extra)
 
 
 @dataclass
@@ -74,7 +77,7 @@ class RunConfig:
     device: str | None = None
     max_image_side: int | None = 2048  # photos are decoded at no more than this (None: full size)
     method_options: dict = field(default_factory=dict)  # {method name: {option: value}}
-    overwrite: bool = False  # delete the methods' earlier records instead of refusing other settings
+    overwrite: bool = False  # replace the methods' earlier records (once this run succeeded) instead of refusing
     share_prefixes: bool = True  # rows of one image reuse its prompt prefix's KV cache (same answers; POPE)
 
     def __post_init__(self):
@@ -105,7 +108,7 @@ class RunConfig:
 def method_settings(config: RunConfig, name: str, task: str) -> dict:
     """Everything that decides a method's answers (batch size and device do not: see the module doc)."""
     options = {"task": task} if name != "baseline" else {}
-    options.update(config.method_options.get(name, {}))
+    options = effective_options(name, {**options, **config.method_options.get(name, {})})  # defaults: no change
     identified = {k: weights_identity(v) if isinstance(v, str) and Path(v).expanduser().is_dir() else v
                   for k, v in options.items()}
     return {"task": task, "method": name, "options": identified, "model": weights_identity(config.model),
@@ -153,20 +156,20 @@ def merged_predictions(folder: Path, order: Sequence) -> list[dict]:
     skipped: dict[str, dict] = {}
     for path in sorted(folder.glob("shard-*.jsonl")):
         for record in _read_only(path):
-            key = json.dumps(record["key"])
+            key = record_id(record["key"])
             if is_skip(record):
                 skipped[key] = record
             else:
                 answered.setdefault(key, []).append(record)
-    twice = [k for k in order if len(answered.get(json.dumps(k), [])) > 1]
+    twice = [k for k in order if len(answered.get(record_id(k), [])) > 1]
     if twice:
         raise RuntimeError(f"{folder}: {len(twice)} items were answered more than once (e.g. {twice[:3]}): two runs "
                            "wrote to this folder; rerun with --overwrite")
-    missing = [k for k in order if json.dumps(k) not in answered and json.dumps(k) not in skipped]
+    missing = [k for k in order if record_id(k) not in answered and record_id(k) not in skipped]
     if missing:
         raise RuntimeError(f"{folder}: {len(missing)} of {len(order)} items have no record (e.g. {missing[:3]}): a "
                            "process did not finish; rerun the same command to complete them")
-    return [answered[json.dumps(k)][0] if json.dumps(k) in answered else skipped[json.dumps(k)] for k in order]
+    return [answered[record_id(k)][0] if record_id(k) in answered else skipped[record_id(k)] for k in order]
 
 
 def _generate_all(method, model, todo: list[Item], own: JsonlLog, config: RunConfig, bar, stamp: str) -> None:
@@ -197,7 +200,7 @@ def _generate_all(method, model, todo: list[Item], own: JsonlLog, config: RunCon
 def _check_keys(items: Sequence[Item]) -> None:
     seen, twice = set(), []
     for item in items:
-        key = json.dumps(item.key)
+        key = record_id(item.key)
         if key in seen:
             twice.append(item.key)
         seen.add(key)
@@ -212,7 +215,15 @@ def run_methods(config: RunConfig, items: Sequence[Item], task: str,
     out = Path(config.out)
     lock = LOCK_NAME if state.process_index == 0 else f"{LOCK_NAME}.{state.process_index}"
     with RunLock(out, lock):
-        return _run_locked(config, items, task, score, extra_config, state)
+        try:
+            return _run_locked(config, items, task, score, extra_config, state)
+        except BaseException:  # --overwrite: a failed or interrupted run drops its staging; the old answers stay
+            if config.overwrite and state.is_main_process:
+                import shutil
+
+                for name in config.methods:
+                    shutil.rmtree(staging_folder(out / name), ignore_errors=True)
+            raise
 
 
 def _process_state(config: RunConfig):
@@ -240,27 +251,32 @@ def _run_locked(config: RunConfig, items: Sequence[Item], task: str, score: Call
     _check_keys(items)
     items = sorted(items, key=lambda it: (str(it.image), str(it.key)))
     order = [it.key for it in items]
-    digests = {(tuple(it.key) if isinstance(it.key, list) else it.key): it.digest() for it in items}
+    # an image that cannot be read now is not compared: its answers (made from the bytes it had) stand
+    digests = {record_id(it.key): it.digest() for it in items if input_identity(it.image) != "unreadable"}
     mine = items[state.process_index :: state.num_processes]
 
-    # every folder is checked (and cleared with overwrite) before any model loads
+    # every folder is checked before any model loads; with overwrite the new records go to a hidden staging
+    # folder that replaces the method's folder only once every method has succeeded (eval.atomic)
+    from .preflight import check_run
+
+    check_run(config, device)  # weights, towers and the device exist: before any model loads
     plans = {}
+    if state.is_main_process:
+        remove_stale_temporaries(out)
     for name in config.methods:
-        folder = out / name
-        if config.overwrite and state.is_main_process:
-            clear_folder(folder)
+        folder = staging_folder(out / name) if config.overwrite else out / name
+        if state.is_main_process:
+            recover(out / name)
+            if config.overwrite:
+                clear_folder(folder)
         state.wait_for_everyone()
-        folder.mkdir(parents=True, exist_ok=True)
         settings = method_settings(config, name, task)
         own, records = _read_shards(folder, state.process_index)
         check_records(folder, records, settings, digests)
-        done = {json.dumps(r["key"]) for r in records if not is_skip(r)}
-        plans[name] = (folder, settings, own, [it for it in mine if json.dumps(it.key) not in done])
+        done = {record_id(r["key"]) for r in records if not is_skip(r)}
+        plans[name] = (folder, settings, own, [it for it in mine if record_id(it.key) not in done])
         _finished_marker(folder, state.process_index).unlink(missing_ok=True)
     state.wait_for_everyone()  # all have read the shards before anyone appends
-    if state.is_main_process:
-        for name, (folder, settings, _, _) in plans.items():
-            save_settings(folder, settings)
 
     loaded: dict[str, Any] = {}
     results = {}
@@ -269,29 +285,39 @@ def _run_locked(config: RunConfig, items: Sequence[Item], task: str, score: Call
         stamp = fingerprint(settings)
         generation = None
         if todo:
+            from .preflight import loading
+
             if "model" not in loaded:
-                loaded["model"], loaded["processor"] = load_vlm(config.model, config.dtype, device)
+                with loading("--model", config.model):
+                    loaded["model"], loaded["processor"] = load_vlm(config.model, config.dtype, device)
             if needs_tower(name) and "tower" not in loaded:
                 from grounding.tower.backbone import RegisterViT
 
-                loaded["tower"] = RegisterViT.from_pretrained(config.tower, device=device,
-                                                              preprocess={"short_side": config.tower_short_side})
+                with loading("--tower", config.tower):
+                    loaded["tower"] = RegisterViT.from_pretrained(config.tower, device=device,
+                                                                  preprocess={"short_side": config.tower_short_side})
             model = loaded["model"]
             options = {"task": task} if name != "baseline" else {}
             method = build_method(name, loaded.get("tower"), loaded["processor"],
                                   **options, **config.method_options.get(name, {}))
+            if state.is_main_process:  # saved once the method could be built: a refused run leaves none behind
+                save_settings(folder, settings)
             if config.share_prefixes and hasattr(method, "prefix_cache") and len({it.image for it in todo}) < len(todo):
                 method.prefix_cache = PrefixCache()  # several items per image: compute each image's prefix once
             bar = tqdm(total=len(todo), desc=f"{name} [{state.process_index}]", unit="item",
                        disable=not state.is_local_main_process and state.num_processes > 1)
             bound = method.bind(model) if hasattr(method, "bind") else contextlib.nullcontext()
-            with bound:
-                _generate_all(method, model, todo, own, config, bar, stamp)
-            bar.close()
+            try:
+                with bound:
+                    _generate_all(method, model, todo, own, config, bar, stamp)
+            finally:  # closed before an error or "interrupted" line is printed, not after it
+                bar.close()
             # what decoding really ran with (sampling warpers included), kept for runs that only resume
             generation = getattr(method, "generation_settings", None)
             if generation is not None:
                 write_json(folder / "generation.json", {"run": stamp, "generation": generation})
+        if state.is_main_process:
+            save_settings(folder, settings)
         write_json(_finished_marker(folder, state.process_index), {"run": stamp, "world": state.num_processes})
         state.wait_for_everyone()
         if state.is_main_process:
@@ -301,6 +327,9 @@ def _run_locked(config: RunConfig, items: Sequence[Item], task: str, score: Call
             results[name]["generation"] = generation or (saved.get("generation") if saved.get("run") == stamp
                                                          else None)
             write_json(folder / "metrics.json", results[name])
+    if state.is_main_process and config.overwrite:  # every method succeeded: now the old answers are replaced
+        for name in config.methods:
+            promote(plans[name][0], out / name)
     if state.is_main_process:
         summary = {m: {k: v for k, v in r.items() if k != "per_caption"} for m, r in results.items()}
         write_json(out / "metrics.json", {"task": task, "results": summary,

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+from pathlib import Path
 
 __all__ = ["add_world_command"]
 
 
 def _cmd_world(args) -> int:
-    from grounding.world import WorldConfig, build_world
+    from grounding.world import SPLITS, build_world
 
-    config = WorldConfig.from_yaml(args.config) if args.config else WorldConfig()
+    from .atomic import check_new_folder
+    from .config_checks import check_world_space, load_world_config
+
+    config = load_world_config(args.config)  # every key's type and range, before any image is drawn
+    if args.split not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    out = check_new_folder(args.out, args.overwrite, "--out")
+    check_world_space(out, args.images, config)
     try:
-        summary = build_world(args.out, args.seed, args.images, args.split, config, overwrite=args.overwrite)
+        if args.overwrite and out.is_dir() and any(out.iterdir()):
+            summary = _rebuild(out, args, config)
+        else:
+            summary = build_world(out, args.seed, args.images, args.split, config)
     except FileExistsError as error:
         print(f"grounding world: error: {error}", file=sys.stderr)
         return 2
@@ -26,6 +40,28 @@ def _cmd_world(args) -> int:
     return 0
 
 
+def _rebuild(out: Path, args, config):
+    """--overwrite: the new world is built beside the old one and swapped in only once it is complete."""
+    from grounding.world import build_world
+
+    from .atomic import staging_folder
+
+    staging = staging_folder(out)
+    shutil.rmtree(staging, ignore_errors=True)
+    summary = build_world(staging, args.seed, args.images, args.split, config)
+    aside = out / ".replaced"
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir()
+    for name in ("images", "annotations", "world.json"):
+        if (out / name).exists():
+            (out / name).rename(aside / name)
+        (staging / name).rename(out / name)
+    shutil.rmtree(aside)
+    shutil.rmtree(staging)
+    summary.out_dir = out
+    return summary
+
+
 def add_world_command(commands: argparse._SubParsersAction) -> None:
     """Add `world build` to the top-level subcommands."""
     world = commands.add_parser("world", help="procedural COCO-format world with a planted language prior")
@@ -36,5 +72,6 @@ def add_world_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=2000, help="number of images")
     p.add_argument("--split", default="train", help="train, val or test (sets the partner probability)")
     p.add_argument("--config", default=None, help="YAML world config (see configs/world/default.yaml)")
-    p.add_argument("--overwrite", action="store_true", help="replace images/, annotations/ and world.json in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace images/, annotations/ and world.json in --out (once the new world is complete)")
     p.set_defaults(func=_cmd_world)

@@ -99,10 +99,13 @@ def _figure(value: float, interval: tuple[float, float]) -> dict:
 
 # ------------------------------------------------------------------ the test world and its questions
 def _world(out: Path, cfg: WorldDemoConfig) -> tuple[Path, dict]:
-    from grounding.world import WorldConfig, build_world
+    from grounding.world import build_world
+
+    from .config_checks import load_world_config
 
     folder = out / "world"
-    world_config = WorldConfig.from_yaml(cfg.world_config) if cfg.world_config else WorldConfig()
+
+    world_config = load_world_config(cfg.world_config)  # every key's type and range checked
     wanted = {"seed": cfg.seed, "images": cfg.images, "split": cfg.split, "config": world_config.to_dict()}
     stamp = folder / "demo_world.json"
     if not (stamp.is_file() and json.loads(stamp.read_text()) == wanted):

@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from .data import InstructionDataModule
+from .fit_checks import FitConfigError, check_fit_config
 from .module import RegionTokensModule
 from .progress import StepProgressBar
 from .sharding import FSDP2Strategy
@@ -33,6 +34,11 @@ __all__ = ["main", "make_cli", "FitCLI"]
 
 
 class FitCLI(LightningCLI):
+    def before_instantiate_classes(self) -> None:
+        # ranges (lora_r >= 1, a finite learning rate, ...) before any class, model or data is instantiated
+        check_fit_config(self.config[self.subcommand] if self.subcommand else self.config)
+        super().before_instantiate_classes()
+
     def instantiate_trainer(self, **kwargs):
         config = self.config_init.get(str(self.subcommand), self.config_init).get("trainer", {})
         callbacks = config.get("callbacks") or []
@@ -81,6 +87,9 @@ def main(argv: list[str]) -> int:
     except FileNotFoundError as error:  # a missing model, tower, data file or folder: one line, no traceback
         if getattr(error, "during_training", False):
             raise
+        print(f"grounding fit: error: {error}", file=sys.stderr)
+        return 2
+    except FitConfigError as error:  # a setting out of range: one line naming the key
         print(f"grounding fit: error: {error}", file=sys.stderr)
         return 2
     finally:
