@@ -249,7 +249,8 @@ def _cmd_lmms_task(args) -> int:
     check_new_folder(args.out, args.overwrite, "--out", (f"{args.name}.yaml", f"{args.name}.jsonl"))
     path = write_pope_task(args.questions, args.images, args.out, name=args.name,
                            post_prompt=LMMS_POST_PROMPT if args.lmms_prompt else "",
-                           max_image_side=args.max_image_side or None, max_new_tokens=args.max_new_tokens, limit=args.limit)
+                           max_image_side=args.max_image_side or None, max_new_tokens=args.max_new_tokens,
+                           limit=args.limit)
     print(f"lmms-eval task {args.name} -> {path}\n  lmms-eval --model grounded_vlm --model_args pretrained=MODEL,"
           f"method=highlight --tasks {args.name} --include_path {path.parent} --output_path OUT --log_samples")
     return 0

@@ -70,8 +70,8 @@ def item_digest(*parts: Any) -> str:
 
 
 def weights_identity(name: str | None) -> str | None:
-    """A hub name as given; a local folder by its content (`eval.identity.folder_identity`). A LoRA folder also names every adapter under it and the checkpoint it
-    starts from (a LoRA is nothing without its base)."""
+    """A hub name as given; a local folder by its content (`eval.identity.folder_identity`). A LoRA folder also
+    names every adapter under it and the checkpoint it starts from (a LoRA is nothing without its base)."""
     if name is None:
         return None
     base, adapters = lora_chain(name)
@@ -91,9 +91,9 @@ def effective_options(method: str, options: dict) -> dict:
     default), so an option given at its default value is no change; other methods' options as given."""
     import dataclasses
 
-    from grounding.methods import _OPTIONS
+    from grounding.methods import method_options
 
-    rule = _OPTIONS.get(method)
+    rule = method_options(method)
     if not (dataclasses.is_dataclass(rule) and isinstance(rule, type)):
         return dict(options)
     try:

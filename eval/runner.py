@@ -10,8 +10,9 @@ Trust (`eval.run_folder`): each method folder's `settings.json` records what pro
 tower weights, method options, generation settings) and every record carries that fingerprint and a digest of
 its question and image bytes; a rerun with other settings or other inputs under the same ids is refused before
 any model loads (`overwrite=True` writes the new records aside and swaps them in once every method succeeded;
-`eval.atomic`). One run per `out` at a time (a lock file per process rank). Items whose image cannot be read are recorded as skips with the reason, retried by the next run, and
-counted (`scored`, `skipped`) in metrics.json. When sampling, each item draws from its own generator
+`eval.atomic`). One run per `out` at a time (a lock file per process rank). Items whose image cannot be read
+are recorded as skips with the reason, retried by the next run, and counted (`scored`, `skipped`) in
+metrics.json. When sampling, each item draws from its own generator
 (`grounding.decoding.sampling.ItemSampler`, seeded by the run's seed and the item's id), so answers do not depend on
 the batch size, the process count or where a run resumed. Every process marks a method finished; the main
 process merges only when all have, checks that every item has exactly one record, and writes

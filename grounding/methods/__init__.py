@@ -9,7 +9,7 @@ from ..decoding.sampling import sampling_settings
 from . import baseline, guided, region  # noqa: F401  (each registers its methods)
 from .baseline import Baseline
 from .region import RegionTokens
-from .registry import METHODS, build_method, check_method_options, needs_tower, register_method
+from .registry import METHODS, build_method, check_method_options, method_options, needs_tower, register_method
 
 __all__ = ["METHODS", "register_method", "build_method", "Baseline", "RegionTokens", "needs_tower",
-           "sampling_settings", "check_method_options"]
+           "sampling_settings", "check_method_options", "method_options"]

@@ -25,7 +25,7 @@ import types
 import typing
 from collections.abc import Callable
 
-__all__ = ["METHODS", "register_method", "build_method", "needs_tower", "check_method_options"]
+__all__ = ["METHODS", "register_method", "build_method", "needs_tower", "check_method_options", "method_options"]
 
 METHODS: dict[str, Callable] = {}
 _NEEDS_TOWER: set[str] = set()
@@ -119,6 +119,11 @@ def check_method_options(name: str, options: dict) -> None:
         _check_dataclass(rule, options, name, skip=("mode",))
     else:
         rule(**options)
+
+
+def method_options(name: str) -> type | frozenset | Callable | None:
+    """What `name` registered as its options (a config dataclass, a set of names, a checker), or None."""
+    return _OPTIONS.get(name)
 
 
 def needs_tower(name: str) -> bool:
