@@ -203,3 +203,11 @@ class ObjectDINO:
         from .discovery import discover
 
         return discover("object-dino", out, object_dino=self)
+
+    def instances(self, out: TowerOutput, max_objects: int = 3, **options):
+        """Up to `max_objects` objects per image: iterative normalised cuts of the discovery affinity, found objects
+        removed between rounds (`grounding.instances`, method "object-dino"). Returns an `InstanceOutput`: masks,
+        boxes in original-image pixels, scores, valid."""
+        from .instances import instances
+
+        return instances("object-dino", out, max_objects, object_dino=self, **options)

@@ -1,0 +1,260 @@
+"""Instance discovery: several objects per image, each a patch mask, a box and a score, batched over images.
+
+`iterative_cut` is a batched MaskCut (CutLER, Wang et al. CVPR 2023): on a (B, N, N) affinity, binary graph
+`affinity > tau` (eps elsewhere), normalised cut by the second smallest generalised eigenvector (one batched
+`torch.linalg.eigh` over all images per round), bipartition at its mean, object side chosen by the seed
+(largest |eigenvector| entry), flipped when that side holds `corners` or more of the grid's 4 corners (the
+new seed: the largest |entry| on the other side), the seed's 4-connected component; the found patches are then removed and the next round cuts what is left.
+
+MaskCut itself counts the corners on the side `v > mean`, which depends on the sign the eigensolver happens to
+give the eigenvector; the rule here counts them on the seed's side, which does not.
+
+Two ways to remove the found patches (`removal`):
+
+* "reference" (MaskCut's own): the found patches' features are zeroed, so they keep eps edges to every patch
+  (cosine 0 <= tau for tau >= 0; applied on the graph, so it also holds for tau < 0) and stay in the graph;
+  the object side is then taken among the remaining patches.
+* "subgraph": the cut is the normalised cut of the graph of the remaining patches only. Found patches get a
+  decoupled diagonal entry above the normalised Laplacian's spectrum (<= 2), so the smallest eigenvectors are
+  exactly those of the remaining subgraph, zero on the removed patches; the batch keeps one shape.
+
+Named instance methods (`INSTANCE_METHODS`), all through the same cut so the comparison is like for like:
+
+* "maskcut": last-layer keys (heads concatenated), cosine, tau = 0.15, corners >= 3, reference removal;
+* "maskcut-adaptive": the same, tau raised to the image's median affinity when the reference graph is complete
+  (`grounding.discovery.adaptive_tau`, the rule of `tokencut-adaptive`); needed on the shipped DINOv2;
+* "object-dino": Object-DINO's discovery affinity (`ObjectDINO.discovery_affinity`), tau = -0.35 raised to the
+  median when complete, corners >= 3, subgraph removal.
+
+Rounds stop being reported for an image once its remaining patches are too few; a round whose component covers
+at most `min_share` of the grid (MaskCut: 1 %) is not reported but its patches are removed all the same.
+Instances come in round order (the first is the single-object answer); `scores` = 1 - lambda_2 of the round
+(1: a cut that costs nothing; the normalised-cut value of the partition is about lambda_2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .backbone import TowerOutput
+from .regions import boxes_to_pixels, upsample_maps
+
+__all__ = ["InstanceOutput", "iterative_cut", "batched_adaptive_tau", "seed_components", "masks_to_boxes",
+           "INSTANCE_METHODS", "DEFAULT_INSTANCE_METHOD", "instances", "instance_pixel_masks"]
+
+Removal = Literal["reference", "subgraph"]
+_OUTSIDE = 10.0  # diagonal given to removed patches: above the normalised Laplacian's spectrum [0, 2]
+
+
+@dataclass
+class InstanceOutput:
+    masks: torch.Tensor  # (B, K, h, w) bool, patch grid; K = max_objects, invalid slots all False
+    patch_boxes: torch.Tensor  # (B, K, 4) patch units [x0, y0, x1, y1], x1 / y1 exclusive (zeros when invalid)
+    boxes: torch.Tensor  # (B, K, 4) original-image pixels
+    scores: torch.Tensor  # (B, K) 1 - lambda_2 of the round (0 when invalid)
+    valid: torch.Tensor  # (B, K) bool
+    degenerate: torch.Tensor  # (B,) bool: the first round's graph was complete (or empty): its cut is arbitrary
+
+    def per_image(self, b: int) -> list[dict]:
+        """The valid instances of image b, in round order: mask (h, w), box (pixels), patch_box, score."""
+        return [{"mask": self.masks[b, i], "box": self.boxes[b, i], "patch_box": self.patch_boxes[b, i],
+                 "score": float(self.scores[b, i])} for i in range(self.masks.shape[1]) if bool(self.valid[b, i])]
+
+
+# ---------------------------------------------------------------- building blocks, batched
+def batched_adaptive_tau(affinity: torch.Tensor, tau: float, quantile: float = 0.5) -> torch.Tensor:
+    """(B, N, N) -> (B,) `grounding.discovery.adaptive_tau` per image, without a loop: `tau` where some
+    off-diagonal affinity is at or below it, else the next float below the `quantile` of the off-diagonal ones."""
+    batch, n, _ = affinity.shape
+    off = affinity[:, ~torch.eye(n, dtype=torch.bool, device=affinity.device)]  # (B, N*N-N)
+    result = torch.full((batch,), tau, dtype=affinity.dtype, device=affinity.device)
+    if off.shape[1] == 0:
+        return result
+    rank = min(off.shape[1], max(1, round(quantile * (off.shape[1] - 1)) + 1))
+    value = off.kthvalue(rank, dim=1).values  # (B,)
+    below = torch.nextafter(value, torch.full_like(value, float("-inf")))
+    complete = ~(off <= tau).any(1)
+    return torch.where(complete, below, result)
+
+
+def seed_components(mask: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) bool, (B,) row-major seed -> (B, h, w) the seed's 4-connected component (empty if the seed
+    lies outside the mask). Flood fill by 4-neighbour dilation, all images at once."""
+    batch, h, w = mask.shape
+    reach = torch.zeros(batch, h * w, dtype=torch.bool, device=mask.device)
+    reach[torch.arange(batch, device=mask.device), seed] = True
+    reach = reach.view(batch, h, w) & mask
+    while True:
+        padded = F.pad(reach, (1, 1, 1, 1))  # (B, h+2, w+2)
+        grown = (reach | padded[:, :-2, 1:-1] | padded[:, 2:, 1:-1] | padded[:, 1:-1, :-2] | padded[:, 1:-1, 2:]) & mask
+        if torch.equal(grown, reach):
+            return reach
+        reach = grown
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(..., h, w) bool -> (..., 4) float [x0, y0, x1, y1] patch units (exclusive upper corner); zeros if empty."""
+    h, w = masks.shape[-2:]
+    rows, cols = masks.any(-1), masks.any(-2)  # (..., h), (..., w)
+    y0 = rows.float().argmax(-1)
+    y1 = h - rows.flip(-1).float().argmax(-1)
+    x0 = cols.float().argmax(-1)
+    x1 = w - cols.flip(-1).float().argmax(-1)
+    boxes = torch.stack([x0, y0, x1, y1], -1).float()
+    return torch.where(rows.any(-1)[..., None], boxes, torch.zeros_like(boxes))
+
+
+def _corner_count(partition: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    p = partition.view(-1, *grid)
+    return p[:, 0, 0].long() + p[:, 0, -1].long() + p[:, -1, 0].long() + p[:, -1, -1].long()  # (B,)
+
+
+def iterative_cut(affinity: torch.Tensor, grid: tuple[int, int], max_objects: int = 3,
+                  tau: float | torch.Tensor = 0.15, eps: float = 1e-5, corners: int | None = 3,
+                  removal: Removal = "reference", min_share: float = 0.01,
+                  exclude: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Batched MaskCut on a (B, N, N) affinity; returns masks (B, K, h, w), scores (B, K), valid (B, K),
+    degenerate (B,) with K = max_objects.
+
+    tau: a float or a (B,) tensor (one threshold per image). corners: flip the cut when its mean-split side holds
+    at least this many grid corners (None: TokenCut's rule only, the side holding the seed). exclude: (B, N) bool,
+    patches removed before the first round. With max_objects=1, corners=None and no exclude the first round is
+    `grounding.discovery.tokencut(affinity[b], grid, tau, eps)` for each image.
+    """
+    if removal not in ("reference", "subgraph"):
+        raise ValueError(f"removal must be 'reference' or 'subgraph', got {removal!r}")
+    if max_objects < 1:
+        raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+    batch, n, _ = affinity.shape
+    if n != grid[0] * grid[1]:
+        raise ValueError(f"affinity has {n} patches, grid {grid} holds {grid[0] * grid[1]}")
+    device = affinity.device
+    tau = torch.as_tensor(tau, dtype=torch.float64, device=device).expand(batch)
+    binary = affinity.double() > tau[:, None, None]  # (B, N, N)
+    eye = torch.eye(n, dtype=torch.bool, device=device)
+    off = binary[:, ~eye]  # (B, N*N-N)
+    degenerate = (off == off[:, :1]).all(1) if off.shape[1] else torch.ones(batch, dtype=torch.bool, device=device)
+    graph = torch.where(binary, 1.0, eps).double()  # (B, N, N)
+    removed = torch.zeros(batch, n, dtype=torch.bool, device=device) if exclude is None else exclude.clone().bool()
+    rows = torch.arange(batch, device=device)
+    masks = torch.zeros(batch, max_objects, n, dtype=torch.bool, device=device)
+    scores = torch.zeros(batch, max_objects, dtype=torch.float64, device=device)
+    valid = torch.zeros(batch, max_objects, dtype=torch.bool, device=device)
+    for round_ in range(max_objects):
+        keep = ~removed  # (B, N)
+        if removal == "reference":  # zeroed features: eps to every patch, themselves included
+            pair = keep[:, :, None] & keep[:, None, :]
+            g = torch.where(pair, graph, torch.full_like(graph, eps))
+            degree = g.sum(-1)
+            inv_sqrt = degree.rsqrt()
+            laplacian = inv_sqrt[:, :, None] * (torch.diag_embed(degree) - g) * inv_sqrt[:, None, :]
+        else:
+            pair = keep[:, :, None] & keep[:, None, :]
+            g = torch.where(pair, graph, torch.zeros_like(graph))
+            degree = torch.where(keep, g.sum(-1), torch.ones_like(g[..., 0]))
+            inv_sqrt = degree.rsqrt()
+            laplacian = inv_sqrt[:, :, None] * (torch.diag_embed(degree) - g) * inv_sqrt[:, None, :]
+            laplacian = laplacian + torch.diag_embed(torch.where(keep, 0.0, _OUTSIDE).double())
+        values, vectors = torch.linalg.eigh(laplacian)  # (B, N), (B, N, N) ascending
+        second = vectors[:, :, 1] * inv_sqrt  # (B, N) generalised eigenvector
+        counted = keep if removal == "subgraph" else torch.ones_like(keep)
+        mean = (second * counted).sum(-1, keepdim=True) / counted.sum(-1, keepdim=True).clamp_min(1)
+        partition = second > mean  # (B, N)
+        seed = torch.where(keep, second.abs(), torch.full_like(second, -1.0)).argmax(-1)  # (B,)
+        flip = ~partition[rows, seed]
+        if corners is not None:  # MaskCut's object-centric prior, sign-invariant: a seed side holding >= `corners`
+            seed_side = torch.where(flip[:, None], ~partition, partition)  # of the grid corners is background
+            by_corners = _corner_count(seed_side, grid) >= corners
+            other = torch.where(keep & ~seed_side, second.abs(), torch.full_like(second, -1.0))
+            has_other = (keep & ~seed_side).any(-1)
+            by_corners &= has_other
+            seed = torch.where(by_corners, other.argmax(-1), seed)
+            flip = flip ^ by_corners
+        side = torch.where(flip[:, None], ~partition, partition) & keep  # (B, N)
+        component = seed_components(side.view(batch, *grid), seed).view(batch, n)
+        enough = keep.sum(-1) >= 2
+        component &= enough[:, None]
+        masks[:, round_] = component
+        scores[:, round_] = 1.0 - values[:, 1]
+        valid[:, round_] = enough & (component.sum(-1) > min_share * n) & component.any(-1)
+        removed |= component
+    masks &= valid[:, :, None]
+    scores = torch.where(valid, scores, torch.zeros_like(scores))
+    return {"masks": masks.view(batch, max_objects, *grid), "scores": scores.float(), "valid": valid,
+            "degenerate": degenerate}
+
+
+# ---------------------------------------------------------------- methods on a TowerOutput
+def _finish(out: TowerOutput, cut: dict[str, torch.Tensor]) -> InstanceOutput:
+    masks = cut["masks"].cpu()
+    batch, k = masks.shape[:2]
+    patch_boxes = masks_to_boxes(masks)  # (B, K, 4)
+    scale = out.patch_scale.cpu().repeat_interleave(k, 0)  # (B*K, 2)
+    sizes = [size for size in out.image_sizes for _ in range(k)]
+    boxes = boxes_to_pixels(patch_boxes.view(-1, 4), scale, sizes).view(batch, k, 4)
+    valid = cut["valid"].cpu()
+    boxes = torch.where(valid[..., None], boxes, torch.zeros_like(boxes))
+    return InstanceOutput(masks=masks, patch_boxes=patch_boxes, boxes=boxes, scores=cut["scores"].cpu(),
+                          valid=valid, degenerate=cut["degenerate"].cpu())
+
+
+def _key_affinity(out: TowerOutput) -> torch.Tensor:
+    keys = out.patches(out.k[-1])  # (B, H, N, d)
+    keys = F.normalize(keys.permute(0, 2, 1, 3).flatten(2).float(), dim=-1)  # (B, N, H*d)
+    return keys @ keys.transpose(1, 2)  # (B, N, N)
+
+
+def _run_maskcut(out: TowerOutput, max_objects: int = 3, tau: float | None = None, eps: float = 1e-5,
+                 adaptive: bool = False, corners: int | None = 3, removal: Removal = "reference", **_) -> dict:
+    tau = 0.15 if tau is None else tau
+    affinity = _key_affinity(out)
+    threshold = batched_adaptive_tau(affinity, tau) if adaptive else tau
+    return iterative_cut(affinity, out.grid, max_objects, threshold, eps, corners, removal)
+
+
+def _run_object_dino(out: TowerOutput, max_objects: int = 3, object_dino=None, tau: float | None = None,
+                     adaptive: bool = True, corners: int | None = 3, removal: Removal = "subgraph", **_) -> dict:
+    from .object_dino import ObjectDINO
+
+    object_dino = object_dino if object_dino is not None else ObjectDINO(k=12)
+    analysis = object_dino.analyse(out)
+    affinity = object_dino.discovery_affinity(out, analysis.selected)  # (B, N, N)
+    cfg = object_dino.config
+    tau = cfg.tokencut_tau if tau is None else tau
+    threshold = batched_adaptive_tau(affinity, tau) if adaptive else tau
+    return iterative_cut(affinity, out.grid, max_objects, threshold, cfg.tokencut_eps, corners, removal)
+
+
+INSTANCE_METHODS: dict[str, Callable[..., dict]] = {
+    "maskcut": _run_maskcut,  # reference parameters (tau 0.15, eps 1e-5, corners >= 3, zeroed features)
+    "maskcut-adaptive": partial(_run_maskcut, adaptive=True),
+    "maskcut-subgraph": partial(_run_maskcut, adaptive=True, removal="subgraph"),
+    "object-dino": _run_object_dino,
+    "object-dino-reference": partial(_run_object_dino, removal="reference"),
+}
+DEFAULT_INSTANCE_METHOD = "object-dino"
+
+
+def instances(method: str, out: TowerOutput, max_objects: int = 3, **options) -> InstanceOutput:
+    """Run a registered instance method; boxes in original-image pixels (each image's pixels per patch)."""
+    if method not in INSTANCE_METHODS:
+        raise KeyError(f"unknown instance method {method!r}; choose from {sorted(INSTANCE_METHODS)}")
+    return _finish(out, INSTANCE_METHODS[method](out, max_objects=max_objects, **options))
+
+
+def instance_pixel_masks(found: InstanceOutput, out: TowerOutput, b: int) -> torch.Tensor:
+    """(K_valid, H, W) bool masks of image b's valid instances over its original pixels (bilinear >= 0.5)."""
+    keep = found.valid[b]
+    if not bool(keep.any()):
+        height, width = out.image_sizes[b]
+        return torch.zeros(0, height, width, dtype=torch.bool)
+    grid_masks = found.masks[b][keep].float()  # (K', h, w)
+    k = grid_masks.shape[0]
+    full = upsample_maps(grid_masks, out.patch_scale[b : b + 1].cpu().repeat(k, 1), [out.image_sizes[b]] * k)
+    return torch.stack(full) >= 0.5
