@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .cli_types import nonnegative_int, positive_int
 from .descriptors_cli import add_descriptors_command
+from .discovery_cli import add_discovery_eval
 from .hallucination_cli import add_commands, resolve_config
 from .world_cli import add_world_command
 
@@ -290,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="delete the methods' earlier boxes in --out instead of refusing other settings")
     p.set_defaults(func=_cmd_corloc)
+    add_discovery_eval(evaluation, _tower_args, DISCOVERY_DEFAULT)
     add_commands(evaluation)
 
     add_world_command(commands)

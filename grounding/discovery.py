@@ -311,6 +311,12 @@ def _run_object_dino(out: TowerOutput, object_dino=None, tau: float | None = Non
     return [_cut(a, out.grid, tau, cfg.tokencut_eps, centre, adaptive, polarity) for a in affinity]
 
 
+def _first_instance(out: TowerOutput, method: str, **options) -> list[PatchBox]:
+    from .instances import run_first_instance
+
+    return run_first_instance(out, method, **options)
+
+
 DISCOVERY_METHODS: dict[str, Callable[..., list[PatchBox]]] = {
     # the published methods with their reference parameters
     "lost": _run_lost,
@@ -322,6 +328,11 @@ DISCOVERY_METHODS: dict[str, Callable[..., list[PatchBox]]] = {
     "lost-centred": partial(_run_lost, centre=True),
     "tokencut-adaptive": partial(_run_tokencut, adaptive=True),
     "object-dino-adaptive": partial(_run_object_dino, adaptive=True),
+    # the first object of an instance method (grounding.instances): the largest region of the Object-DINO map
+    # with [CLS]-attention polarity; the first MaskCut-style cut of the Object-DINO / key affinities
+    "object-dino-map": lambda out, **options: _first_instance(out, "object-dino-map", **options),
+    "object-dino-cut": lambda out, **options: _first_instance(out, "object-dino", **options),
+    "maskcut-adaptive": lambda out, **options: _first_instance(out, "maskcut-adaptive", **options),
 }
 DEFAULT_METHOD = "object-dino-adaptive"
 

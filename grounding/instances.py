@@ -231,12 +231,80 @@ def _run_object_dino(out: TowerOutput, max_objects: int = 3, object_dino=None, t
     return iterative_cut(affinity, out.grid, max_objects, threshold, cfg.tokencut_eps, corners, removal)
 
 
+def _oriented_maps(out: TowerOutput, object_dino=None, map_k: int | None = 5, tower=None):
+    """(B, h, w) Object-DINO maps with the [CLS]-attention polarity (`orient_maps(rule="attention")`), clustered
+    with `map_k` clusters (the maps' reference k = 5; None: the given config's k), and the analysis."""
+    from dataclasses import replace
+
+    from .discovery import cls_attention, orient_maps
+    from .object_dino import ObjectDINO, ObjectDINOConfig
+
+    config = object_dino.config if object_dino is not None else ObjectDINOConfig()
+    map_k = min(map_k, out.num_layers * out.num_heads) if map_k is not None else None  # tiny models: fewer heads
+    if map_k is not None and map_k != config.k:
+        object_dino = type(object_dino)(replace(config, k=map_k)) if object_dino is not None else None
+        config = replace(config, k=map_k)
+    analysis = (object_dino if object_dino is not None else ObjectDINO(config)).analyse(out)
+    maps, _ = orient_maps(analysis.raw_maps, cls_attention(out, tower), config.threshold, rule="attention")
+    maps[analysis.degenerate] = 0.0
+    return maps.to(out.q.device), analysis
+
+
+def map_regions(maps: torch.Tensor, max_objects: int) -> dict[str, torch.Tensor]:
+    """(B, h, w) object maps -> the `max_objects` largest 4-connected regions of map > 0 per image (ties: higher
+    mean score first), as `iterative_cut`'s dict (scores: the mean map score inside)."""
+    from .regions import connected_components
+
+    batch, h, w = maps.shape
+    labels = connected_components(maps > 0)  # (B, h, w)
+    count = max(int(labels.max()), 1)
+    members = labels[:, None] == torch.arange(1, count + 1, device=maps.device)[None, :, None, None]  # (B, L, h, w)
+    area = members.flatten(2).sum(-1).float()  # (B, L)
+    mean = (members * maps[:, None]).flatten(2).sum(-1) / area.clamp_min(1)
+    order = torch.argsort(area + mean.clamp(0, 1) * 0.5, dim=1, descending=True)[:, :max_objects]  # area, then score
+    picked = members.gather(1, order[:, :, None, None].expand(-1, -1, h, w))  # (B, k, h, w)
+    picked_area = area.gather(1, order)
+    k = picked.shape[1]
+    masks = torch.zeros(batch, max_objects, h, w, dtype=torch.bool, device=maps.device)
+    masks[:, :k] = picked & (picked_area > 0)[:, :, None, None]
+    valid = torch.zeros(batch, max_objects, dtype=torch.bool, device=maps.device)
+    valid[:, :k] = picked_area > 0
+    scores = torch.zeros(batch, max_objects, device=maps.device)
+    scores[:, :k] = torch.where(valid[:, :k], mean.gather(1, order), 0.0)
+    return {"masks": masks, "scores": scores, "valid": valid, "degenerate": ~valid[:, 0]}
+
+
+def _run_object_dino_map(out: TowerOutput, max_objects: int = 3, object_dino=None, map_k: int | None = 5,
+                         tower=None, **_) -> dict:
+    maps, _ = _oriented_maps(out, object_dino, map_k, tower)
+    return map_regions(maps, max_objects)
+
+
+def _run_object_dino_in_map(out: TowerOutput, max_objects: int = 3, object_dino=None, tau: float | None = None,
+                            map_k: int | None = 5, tower=None, corners: int | None = 3, **_) -> dict:
+    """Iterative cuts of the discovery affinity restricted to the foreground of the oriented object map."""
+    from .object_dino import ObjectDINO
+
+    object_dino = object_dino if object_dino is not None else ObjectDINO(k=12)
+    maps, _ = _oriented_maps(out, object_dino, map_k, tower)
+    analysis = object_dino.analyse(out)
+    affinity = object_dino.discovery_affinity(out, analysis.selected)
+    cfg = object_dino.config
+    tau = cfg.tokencut_tau if tau is None else tau
+    exclude = (maps <= 0).flatten(1)  # (B, N)
+    exclude &= ~exclude.all(1, keepdim=True)  # an empty map: cut the whole image
+    return iterative_cut(affinity, out.grid, max_objects, batched_adaptive_tau(affinity, tau), cfg.tokencut_eps,
+                         corners, "subgraph", exclude=exclude)
+
+
 INSTANCE_METHODS: dict[str, Callable[..., dict]] = {
     "maskcut": _run_maskcut,  # reference parameters (tau 0.15, eps 1e-5, corners >= 3, zeroed features)
     "maskcut-adaptive": partial(_run_maskcut, adaptive=True),
     "maskcut-subgraph": partial(_run_maskcut, adaptive=True, removal="subgraph"),
     "object-dino": _run_object_dino,
     "object-dino-reference": partial(_run_object_dino, removal="reference"),
+    "object-dino-map": _run_object_dino_map,
+    "object-dino-in-map": _run_object_dino_in_map,
 }
 DEFAULT_INSTANCE_METHOD = "object-dino"
 
@@ -258,3 +326,18 @@ def instance_pixel_masks(found: InstanceOutput, out: TowerOutput, b: int) -> tor
     k = grid_masks.shape[0]
     full = upsample_maps(grid_masks, out.patch_scale[b : b + 1].cpu().repeat(k, 1), [out.image_sizes[b]] * k)
     return torch.stack(full) >= 0.5
+
+
+# ---------------------------------------------------------------- single-object runners (grounding.discovery)
+def run_first_instance(out: TowerOutput, method: str = "object-dino", **options) -> list:
+    """The first instance of an instance method as a single-object `PatchBox` list (whole grid when none)."""
+    from .discovery import PatchBox
+
+    cut = INSTANCE_METHODS[method](out, max_objects=1, **options)
+    found = []
+    for mask, valid, degenerate in zip(cut["masks"][:, 0].cpu(), cut["valid"][:, 0].cpu(), cut["degenerate"].cpu()):
+        if not bool(valid):
+            mask = torch.ones_like(mask)
+        seed = int(mask.flatten().nonzero()[0])
+        found.append(PatchBox(box=masks_to_boxes(mask), mask=mask, seed=seed, degenerate=bool(degenerate)))
+    return found
