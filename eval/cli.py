@@ -31,6 +31,7 @@ __all__ = ["main", "build_parser"]
 
 # grounding.discovery.DEFAULT_METHOD, named here so that parsing arguments does not import torch (a test checks)
 DISCOVERY_DEFAULT = "object-dino-adaptive"
+INSTANCE_DEFAULT = "object-dino"  # grounding.instances.DEFAULT_INSTANCE_METHOD
 
 
 def _tower_args(parser: argparse.ArgumentParser, default_model: str | None = None, resize_mode: str = "resize") -> None:
@@ -96,6 +97,16 @@ def _cmd_discover(args) -> int:
     jobs = [DiscoveryJob(p.name, p) for p in list_images(args.images)]
     out = Path(args.out)
     settings = _discovery_settings(args, args.method)
+    if args.instances:
+        from grounding.instances import INSTANCE_METHODS
+
+        from .discovery_cli import cmd_discover_instances
+
+        if args.instance_method not in INSTANCE_METHODS:
+            raise ValueError(f"unknown instance method {args.instance_method!r}; choose from "
+                             f"{', '.join(INSTANCE_METHODS)}")
+        with RunLock(out):
+            return cmd_discover_instances(args, _load_tower(args), jobs, out, ObjectDINO(k=args.k))
     with RunLock(out):
         if args.overwrite:
             clear_folder(out)
@@ -235,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"object-dino-adaptive (default: {DISCOVERY_DEFAULT}); see docs/discovery.md")
     p.add_argument("--overwrite", action="store_true",
                    help="delete --out's earlier boxes instead of refusing other settings")
+    p.add_argument("--instances", type=positive_int, default=None, metavar="N",
+                   help="up to N objects per image instead of one box: instances.jsonl and coloured-mask pictures "
+                        "(grounding.instances; docs/discovery.md)")
+    p.add_argument("--instance-method", default=INSTANCE_DEFAULT,
+                   help=f"with --instances: the instance method (default: {INSTANCE_DEFAULT})")
     p.set_defaults(func=_cmd_discover)
 
     p = commands.add_parser("demo", help="the main job on the embedded default (offline, real weights and photos)")

@@ -68,3 +68,27 @@ def test_eval_discovery_on_a_tiny_world(tiny_reg_dir, tmp_path):
     assert len(records) == 3 and all(len(r["instances"]["object-dino"]["boxes"]) <= 4 for r in records)
     assert main(["eval", "discovery", "--root", str(world), "--model", tiny_reg_dir, "--device", "cpu",
                  "--instances", "nope", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_discover_instances_writes_records_and_pictures(tiny_reg_dir, tmp_path):
+    from PIL import Image
+
+    from grounding.world import WorldConfig, build_world
+
+    world = tmp_path / "world"
+    build_world(world, seed=4, num_images=2, split="val", config=WorldConfig(short_side=[64, 80]))
+    out = tmp_path / "found"
+    assert main(["discover", "--images", str(world / "images"), "--model", tiny_reg_dir, "--device", "cpu",
+                 "--short-side", "32", "--k", "2", "--instances", "3", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "instances.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert 1 <= len(row["instances"]) <= 3 and row["method"] == "object-dino"
+        picture = Image.open(out / "instances" / (row["image"].rsplit(".", 1)[0] + ".png"))
+        width, height = Image.open(world / "images" / row["image"]).size
+        assert picture.size == (width, height)
+        for found in row["instances"]:
+            x0, y0, x1, y1 = found["box"]
+            assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    assert main(["discover", "--images", str(world / "images"), "--model", tiny_reg_dir, "--device", "cpu",
+                 "--instances", "2", "--instance-method", "nope", "--out", str(tmp_path / "bad")]) == 2
