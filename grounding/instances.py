@@ -231,7 +231,7 @@ def _run_object_dino(out: TowerOutput, max_objects: int = 3, object_dino=None, t
     return iterative_cut(affinity, out.grid, max_objects, threshold, cfg.tokencut_eps, corners, removal)
 
 
-def _oriented_maps(out: TowerOutput, object_dino=None, map_k: int | None = 5, tower=None):
+def _oriented_maps(out: TowerOutput, object_dino=None, map_k: int | None = 5, tower=None, with_model: bool = False):
     """(B, h, w) Object-DINO maps with the [CLS]-attention polarity (`orient_maps(rule="attention")`), clustered
     with `map_k` clusters (the maps' reference k = 5; None: the given config's k), and the analysis."""
     from dataclasses import replace
@@ -244,9 +244,12 @@ def _oriented_maps(out: TowerOutput, object_dino=None, map_k: int | None = 5, to
     if map_k is not None and map_k != config.k:
         object_dino = type(object_dino)(replace(config, k=map_k)) if object_dino is not None else None
         config = replace(config, k=map_k)
-    analysis = (object_dino if object_dino is not None else ObjectDINO(config)).analyse(out)
+    object_dino = object_dino if object_dino is not None else ObjectDINO(config)
+    analysis = object_dino.analyse(out)
     maps, _ = orient_maps(analysis.raw_maps, cls_attention(out, tower), config.threshold, rule="attention")
     maps[analysis.degenerate] = 0.0
+    if with_model:
+        return maps.to(out.q.device), analysis, object_dino
     return maps.to(out.q.device), analysis
 
 
@@ -297,6 +300,38 @@ def _run_object_dino_in_map(out: TowerOutput, max_objects: int = 3, object_dino=
                          corners, "subgraph", exclude=exclude)
 
 
+def _run_object_dino_map_cut(out: TowerOutput, max_objects: int = 3, object_dino=None, map_k: int | None = 5,
+                             tower=None, tau: float | None = None, corners: int | None = 3, overlap: float = 0.5,
+                             **_) -> dict:
+    """The map's regions (largest first), then the iterative cuts of the discovery affinity of the same analysis's
+    object heads that overlap no kept instance by mask IoU >= `overlap`, up to `max_objects`."""
+    maps, analysis, model = _oriented_maps(out, object_dino, map_k, tower, with_model=True)
+    regions = map_regions(maps, max_objects)
+    affinity = model.discovery_affinity(out, analysis.selected)
+    cfg = model.config
+    tau = cfg.tokencut_tau if tau is None else tau
+    cut = iterative_cut(affinity, out.grid, max_objects, batched_adaptive_tau(affinity, tau), cfg.tokencut_eps,
+                        corners, "subgraph")
+    candidates = torch.cat([regions["masks"], cut["masks"]], 1).flatten(2)  # (B, 2K, N)
+    valid = torch.cat([regions["valid"], cut["valid"]], 1)  # (B, 2K)
+    scores = torch.cat([regions["scores"].float(), cut["scores"].float()], 1)
+    inter = candidates.float() @ candidates.float().transpose(1, 2)  # (B, 2K, 2K)
+    area = candidates.sum(-1).float()
+    iou = inter / (area[:, :, None] + area[:, None, :] - inter).clamp_min(1)
+    batch, total = valid.shape
+    kept = torch.zeros_like(valid)
+    for i in range(total):  # in order: a candidate is kept when valid, not overlapping a kept one, and room is left
+        clash = ((iou[:, i] >= overlap) & kept).any(-1)
+        room = kept.sum(-1) < max_objects
+        kept[:, i] = valid[:, i] & ~clash & room
+    order = torch.argsort((~kept).float() + torch.arange(total, device=kept.device) / (2.0 * total), dim=1)
+    order = order[:, :max_objects]
+    masks = candidates.gather(1, order[:, :, None].expand(-1, -1, candidates.shape[-1]))
+    picked = kept.gather(1, order)
+    return {"masks": (masks & picked[:, :, None]).view(batch, max_objects, *out.grid), "valid": picked,
+            "scores": torch.where(picked, scores.gather(1, order), 0.0), "degenerate": regions["degenerate"]}
+
+
 INSTANCE_METHODS: dict[str, Callable[..., dict]] = {
     "maskcut": _run_maskcut,  # reference parameters (tau 0.15, eps 1e-5, corners >= 3, zeroed features)
     "maskcut-adaptive": partial(_run_maskcut, adaptive=True),
@@ -305,6 +340,7 @@ INSTANCE_METHODS: dict[str, Callable[..., dict]] = {
     "object-dino-reference": partial(_run_object_dino, removal="reference"),
     "object-dino-map": _run_object_dino_map,
     "object-dino-in-map": _run_object_dino_in_map,
+    "object-dino-map-cut": _run_object_dino_map_cut,
 }
 DEFAULT_INSTANCE_METHOD = "object-dino"
 
