@@ -8,12 +8,13 @@ One tower pass per image (not timed in the ratios); then, in rounds (each round 
 table takes each one's median over rounds, so a busy machine slows all of them alike), on a CPU with this
 process's CPU time as the clock:
 
-* single: `discover(<single>, out)` for each single-object method (default `object-dino-adaptive`, the cut of
-  the Object-DINO affinity; `tokencut-adaptive`, the cut of the keys; `object-dino-map`);
-* instances: `instances(<method>, out, max_objects)` for `object-dino` and `maskcut-adaptive`.
+* single: `discover(<single>, out)` for each single-object method (`object-dino-map`, the default; the cut of the
+  Object-DINO affinity `object-dino-adaptive`; the cut of the keys `tokencut-adaptive`);
+* instances: `instances(<method>, out, max_objects)` for `object-dino-map-cut` (the default), `object-dino-map`,
+  `object-dino` and `maskcut-adaptive`.
 
-Printed: ms per image for each pipeline, and the ratios instances / single for the like-for-like pairs
-(object-dino / object-dino-adaptive, maskcut-adaptive / tokencut-adaptive), with and without the tower forward.
+Printed: ms per image for each pipeline, and the ratios instances / single for the like-for-like pairs, with and
+without the tower forward. A fresh `ObjectDINO` per call: nothing is shared between pipelines.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from grounding.images import load_image  # noqa: E402
 from grounding.instances import instances  # noqa: E402
 from grounding.object_dino import ObjectDINO  # noqa: E402
 
-PAIRS = [("object-dino", "object-dino-adaptive"), ("maskcut-adaptive", "tokencut-adaptive"),
-         ("object-dino-map", "object-dino-map")]
+PAIRS = [("object-dino-map-cut", "object-dino-map"), ("object-dino-map", "object-dino-map"),
+         ("object-dino", "object-dino-adaptive"), ("maskcut-adaptive", "tokencut-adaptive")]
 
 
 def clock(device: str) -> float:
@@ -67,11 +68,12 @@ def main() -> None:
     for path in paths:
         outs.append(tower([load_image(path)]))
     tower_ms = 1000 * (clock(args.device) - start) / len(outs)
-    options = {"object_dino": ObjectDINO(k=12), "tower": tower}
     pipelines = {}
     for multi, single in PAIRS:
-        pipelines[f"single {single}"] = lambda out, m=single: discover(m, out, **options)
-        pipelines[f"instances {multi}"] = lambda out, m=multi: instances(m, out, args.max_objects, **options)
+        pipelines[f"single {single}"] = lambda out, m=single: discover(m, out, object_dino=ObjectDINO(k=12),
+                                                                       tower=tower)
+        pipelines[f"instances {multi}"] = lambda out, m=multi: instances(m, out, args.max_objects, tower=tower,
+                                                                         object_dino=ObjectDINO(k=12))
     for fn in pipelines.values():  # warm-up
         fn(outs[0])
     times = {name: [] for name in pipelines}

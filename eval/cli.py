@@ -30,8 +30,8 @@ from .world_cli import add_world_command
 __all__ = ["main", "build_parser"]
 
 # grounding.discovery.DEFAULT_METHOD, named here so that parsing arguments does not import torch (a test checks)
-DISCOVERY_DEFAULT = "object-dino-adaptive"
-INSTANCE_DEFAULT = "object-dino"  # grounding.instances.DEFAULT_INSTANCE_METHOD
+DISCOVERY_DEFAULT = "object-dino-map"
+INSTANCE_DEFAULT = "object-dino-map-cut"  # grounding.instances.DEFAULT_INSTANCE_METHOD
 
 
 def _tower_args(parser: argparse.ArgumentParser, default_model: str | None = None, resize_mode: str = "resize") -> None:
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (predictions.jsonl, masks/, overlays/)")
     p.add_argument("--method", default=DISCOVERY_DEFAULT,
                    help="lost, tokencut, dinoseg, object-dino (the references) or lost-centred, tokencut-adaptive, "
-                        f"object-dino-adaptive (default: {DISCOVERY_DEFAULT}); see docs/discovery.md")
+                        f"object-dino-adaptive, object-dino-map, ... (default: {DISCOVERY_DEFAULT}); see docs/discovery.md")
     p.add_argument("--overwrite", action="store_true",
                    help="delete --out's earlier boxes instead of refusing other settings")
     p.add_argument("--instances", type=positive_int, default=None, metavar="N",

@@ -7,8 +7,7 @@ from pathlib import Path
 
 __all__ = ["add_discovery_eval", "cmd_eval_discovery"]
 
-SINGLE_DEFAULT = "tokencut-adaptive,object-dino-adaptive"
-INSTANCE_DEFAULT = "maskcut,maskcut-adaptive,object-dino"
+INSTANCE_DEFAULT = "maskcut,maskcut-adaptive,object-dino-map-cut"
 
 
 def add_discovery_eval(evaluation, tower_args, discovery_default: str) -> None:

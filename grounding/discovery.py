@@ -334,7 +334,7 @@ DISCOVERY_METHODS: dict[str, Callable[..., list[PatchBox]]] = {
     "object-dino-cut": lambda out, **options: _first_instance(out, "object-dino", **options),
     "maskcut-adaptive": lambda out, **options: _first_instance(out, "maskcut-adaptive", **options),
 }
-DEFAULT_METHOD = "object-dino-adaptive"
+DEFAULT_METHOD = "object-dino-map"  # chosen on world val (docs/discovery.md, "Instances")
 
 
 def register_method(name: str, function: Callable[..., list[PatchBox]]) -> None:

@@ -24,7 +24,13 @@ Named instance methods (`INSTANCE_METHODS`), all through the same cut so the com
 * "maskcut-adaptive": the same, tau raised to the image's median affinity when the reference graph is complete
   (`grounding.discovery.adaptive_tau`, the rule of `tokencut-adaptive`); needed on the shipped DINOv2;
 * "object-dino": Object-DINO's discovery affinity (`ObjectDINO.discovery_affinity`), tau = -0.35 raised to the
-  median when complete, corners >= 3, subgraph removal.
+  median when complete, corners >= 3, subgraph removal;
+* "object-dino-map": the 4-connected regions of the Object-DINO map (k = 5) with [CLS]-attention polarity
+  (`orient_maps(rule="attention")`), largest first (no cut);
+* "object-dino-map-cut" (`DEFAULT_INSTANCE_METHOD`, chosen on world val): the map's regions, then the rounds of
+  "object-dino" on the discovery affinity of the same clustering's object heads that overlap no kept instance
+  (mask IoU < 0.5), up to `max_objects`;
+* "object-dino-in-map", "object-dino-reference", "maskcut-subgraph": variants measured in docs/discovery.md.
 
 Rounds stop being reported for an image once its remaining patches are too few; a round whose component covers
 at most `min_share` of the grid (MaskCut: 1 %) is not reported but its patches are removed all the same.
@@ -342,7 +348,7 @@ INSTANCE_METHODS: dict[str, Callable[..., dict]] = {
     "object-dino-in-map": _run_object_dino_in_map,
     "object-dino-map-cut": _run_object_dino_map_cut,
 }
-DEFAULT_INSTANCE_METHOD = "object-dino"
+DEFAULT_INSTANCE_METHOD = "object-dino-map-cut"  # chosen on world val (docs/discovery.md)
 
 
 def instances(method: str, out: TowerOutput, max_objects: int = 3, **options) -> InstanceOutput:

@@ -204,10 +204,11 @@ class ObjectDINO:
 
         return discover("object-dino", out, object_dino=self)
 
-    def instances(self, out: TowerOutput, max_objects: int = 3, **options):
-        """Up to `max_objects` objects per image: iterative normalised cuts of the discovery affinity, found objects
-        removed between rounds (`grounding.instances`, method "object-dino"). Returns an `InstanceOutput`: masks,
-        boxes in original-image pixels, scores, valid."""
-        from .instances import instances
+    def instances(self, out: TowerOutput, max_objects: int = 3, method: str | None = None, **options):
+        """Up to `max_objects` objects per image (`grounding.instances`; default method "object-dino-map-cut": the
+        regions of the map with [CLS]-attention polarity, then iterative cuts of the object heads' discovery
+        affinity with found objects removed). Returns an `InstanceOutput`: masks, boxes in original-image pixels,
+        scores, valid. Pass `tower=` for DINOv3 towers that captured q/k before the rotation."""
+        from .instances import DEFAULT_INSTANCE_METHOD, instances
 
-        return instances("object-dino", out, max_objects, object_dino=self, **options)
+        return instances(method or DEFAULT_INSTANCE_METHOD, out, max_objects, object_dino=self, **options)
