@@ -92,3 +92,15 @@ def test_discover_instances_writes_records_and_pictures(tiny_reg_dir, tmp_path):
             assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
     assert main(["discover", "--images", str(world / "images"), "--model", tiny_reg_dir, "--device", "cpu",
                  "--instances", "2", "--instance-method", "nope", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_paired_difference():
+    from eval.discovery_eval import paired_difference
+
+    records = [{"objects": 2, "single": {"a": {"correct": True}, "b": {"correct": False}},
+                "instances": {"x": {"box_recalled": {"10": 2}}, "y": {"box_recalled": {"10": 1}}}},
+               {"objects": 2, "single": {"a": {"correct": True}, "b": {"correct": True}},
+                "instances": {"x": {"box_recalled": {"10": 1}}, "y": {"box_recalled": {"10": 1}}}}]
+    corloc = paired_difference(records, ("single", "a"), ("single", "b"), draws=100)
+    assert corloc["value"] == 50.0 and 0.0 <= corloc["ci95"][0] <= 50.0 <= corloc["ci95"][1] <= 100.0
+    assert paired_difference(records, ("instances", "x"), ("instances", "y"), "box_ar@10", draws=50)["value"] == 25.0
