@@ -83,7 +83,7 @@ def test_discover_instances_writes_records_and_pictures(tiny_reg_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "instances.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     for row in rows:
-        assert 1 <= len(row["instances"]) <= 3 and row["method"] == "object-dino"
+        assert 1 <= len(row["instances"]) <= 3 and row["method"] == "object-dino-map-cut"
         picture = Image.open(out / "instances" / (row["image"].rsplit(".", 1)[0] + ".png"))
         width, height = Image.open(world / "images" / row["image"]).size
         assert picture.size == (width, height)
