@@ -25,13 +25,16 @@ from pathlib import Path
 
 from .cli_types import nonnegative_int, positive_int
 from .descriptors_cli import add_descriptors_command
+from .discovery_cli import add_discovery_eval
 from .hallucination_cli import add_commands, resolve_config
+from .preflight import load_tower
 from .world_cli import add_world_command
 
 __all__ = ["main", "build_parser"]
 
 # grounding.objects.discovery.DEFAULT_METHOD, named here so that parsing arguments does not import torch (a test checks)
-DISCOVERY_DEFAULT = "object-dino-adaptive"
+DISCOVERY_DEFAULT = "object-dino-map"
+INSTANCE_DEFAULT = "object-dino-map-cut"  # grounding.objects.instances.DEFAULT_INSTANCE_METHOD
 
 
 def _tower_args(parser: argparse.ArgumentParser, default_model: str | None = None, resize_mode: str = "resize") -> None:
@@ -58,17 +61,6 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def _load_tower(args):
-    from grounding.tower.backbone import PreprocessConfig, RegisterViT, TowerConfig
-
-    from .preflight import loading
-
-    config = TowerConfig(model=args.model, device=args.device, dtype=args.dtype,
-                         preprocess=PreprocessConfig(mode=args.resize_mode, short_side=args.short_side))
-    with loading("--model", args.model):
-        return RegisterViT.from_config(config)
 
 
 def _check_methods(methods: list[str]) -> list[str]:
@@ -104,6 +96,16 @@ def _cmd_discover(args) -> int:
     settings = _discovery_settings(args, args.method)
     check_device(args.device)
     check_weights(args.model, "--model", "grounding tower")
+    if args.instances:
+        from grounding.objects.instances import INSTANCE_METHODS
+
+        from .discovery_cli import cmd_discover_instances
+
+        if args.instance_method not in INSTANCE_METHODS:
+            raise ValueError(f"unknown instance method {args.instance_method!r}; choose from "
+                             f"{', '.join(INSTANCE_METHODS)}")
+        with RunLock(out):
+            return cmd_discover_instances(args, load_tower(args), jobs, out, ObjectDINO(k=args.k))
     with RunLock(out):
         recover_contents(out)
         remove_stale_temporaries(out)
@@ -113,7 +115,7 @@ def _cmd_discover(args) -> int:
             clear_folder(folder)
         with _dropped_on_failure(folder if args.overwrite else None):
             log = open_predictions(folder, jobs, settings)  # other settings: refused before the tower loads
-            tower = _load_tower(args)
+            tower = load_tower(args)
             records = run_discovery(tower, args.method, jobs, folder, ObjectDINO(k=args.k), args.dinoseg_head,
                                     tau=args.tau, settings=settings, records=log, stride=args.stride)
             skipped = [r for r in records if SKIPPED in r]
@@ -170,7 +172,7 @@ def _cmd_corloc(args) -> int:
             if args.overwrite:
                 clear_folder(folders[method])
             logs[method] = open_predictions(folders[method], jobs, _discovery_settings(args, method))
-        tower = _load_tower(args)
+        tower = load_tower(args)
         for method in methods:
             records = run_discovery(tower, method, jobs, folders[method], ObjectDINO(k=args.k), args.dinoseg_head,
                                     pictures=args.pictures, tau=args.tau, settings=_discovery_settings(args, method),
@@ -286,9 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (predictions.jsonl, masks/, overlays/)")
     p.add_argument("--method", default=DISCOVERY_DEFAULT,
                    help="lost, tokencut, dinoseg, object-dino (the references) or lost-centred, tokencut-adaptive, "
-                        f"object-dino-adaptive (default: {DISCOVERY_DEFAULT}); see docs/discovery.md")
+                        f"object-dino-adaptive, object-dino-map, ... (default: {DISCOVERY_DEFAULT}); "
+                        "see docs/discovery.md")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out's earlier boxes (once this run succeeded) instead of refusing")
+    p.add_argument("--instances", type=positive_int, default=None, metavar="N",
+                   help="up to N objects per image instead of one box: instances.jsonl and coloured-mask pictures "
+                        "(grounding.objects.instances; docs/discovery.md)")
+    p.add_argument("--instance-method", default=INSTANCE_DEFAULT,
+                   help=f"with --instances: the instance method (default: {INSTANCE_DEFAULT})")
     p.set_defaults(func=_cmd_discover)
 
     p = commands.add_parser("demo", help="the main job on the embedded default (offline, real weights and photos)")
@@ -345,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the methods' earlier boxes (once this run succeeded) instead of refusing")
     p.set_defaults(func=_cmd_corloc)
+    add_discovery_eval(evaluation, _tower_args, DISCOVERY_DEFAULT)
     add_commands(evaluation)
 
     add_world_command(commands)

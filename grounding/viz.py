@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image, ImageColor, ImageDraw
 
 __all__ = ["overlay", "draw_boxes", "norm_histograms", "head_cluster_grid", "figure_to_image", "new_figure",
-           "grid_to_image", "side_by_side"]
+           "grid_to_image", "side_by_side", "instance_picture"]
 
 BOX_COLOURS = ["#ff3b30", "#34c759", "#007aff", "#ffcc00", "#af52de", "#ff9500", "#5ac8fa", "#ff2d55"]
 
@@ -117,3 +117,16 @@ def side_by_side(*pictures: Image.Image) -> Image.Image:
         canvas.paste(picture, (x, 0))
         x += picture.width + 4
     return canvas
+
+
+def instance_picture(image, masks, boxes, scores=None, alpha: float = 0.45):
+    """An RGB picture of `image` with each (H, W) bool mask tinted in its own colour and its box drawn in the same
+    colour (`grounding.viz.BOX_COLOURS` order), labelled with its rank (and score)."""
+    base = np.asarray(image.convert("RGB"), dtype=np.float32).copy()
+    for i, mask in enumerate(masks):
+        mask = np.asarray(mask, dtype=bool)[: base.shape[0], : base.shape[1]]
+        colour = np.array(ImageColor.getrgb(BOX_COLOURS[i % len(BOX_COLOURS)]), dtype=np.float32)
+        base[mask] = (1 - alpha) * base[mask] + alpha * colour
+    picture = Image.fromarray(base.clip(0, 255).astype(np.uint8))
+    labels = [f"{i + 1}" + (f" {scores[i]:.2f}" if scores is not None else "") for i in range(len(boxes))]
+    return draw_boxes(picture, [list(map(float, b)) for b in boxes], labels, width=2)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ..tower.backbone import TowerOutput
 from .cuts import DiscoveryOutput, PatchBox, Polarity, cut, discovery_output
 from ..kmeans import kmeans
+from .instance_registry import DEFAULT_INSTANCE_METHOD, instances
 from .regions import upsample_maps
 
 __all__ = ["ObjectDINOConfig", "ObjectDINOOutput", "ObjectDINO", "head_descriptors", "standardise", "object_cluster_of"]
@@ -212,3 +213,10 @@ class ObjectDINO:
         """One box per image: TokenCut (tau = -0.35) on Object-DINO discovery features.
         See `grounding.objects.discovery`."""
         return discovery_output(self.cut(out), out)
+
+    def instances(self, out: TowerOutput, max_objects: int = 3, method: str | None = None, **options):
+        """Up to `max_objects` objects per image (`grounding.objects.instances`; default method
+        "object-dino-map-cut": the regions of the map with [CLS]-attention polarity, then iterative cuts of the
+        object heads' discovery affinity with found objects removed). Returns an `InstanceOutput`: masks, boxes in
+        original-image pixels, scores, valid. Pass `tower=` for DINOv3 towers that captured q/k before rotation."""
+        return instances(method or DEFAULT_INSTANCE_METHOD, out, max_objects, object_dino=self, **options)

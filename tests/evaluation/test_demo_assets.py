@@ -74,6 +74,7 @@ def test_demo_on_three_photos(built, tmp_path, capsys):
     assert "| method | CorLoc | complete TokenCut graphs |" in table and all(f"| {m} |" in table for m in METHODS)
     assert (tmp_path / "report.md").exists() and (tmp_path / "token_norms.png").exists()
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 3
+    assert len(list((tmp_path / "instances").glob("*.png"))) == 3 and all(r["instances"] for r in records)
 
 
 @needs

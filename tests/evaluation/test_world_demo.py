@@ -54,6 +54,7 @@ def test_world_demo_reports_every_method_and_metric(tiny_models, tiny_reg_dir, t
             assert math.isfinite(saved["chair"][method][metric]["value"])
         assert saved["chair"][method]["captions"] == 3
     assert set(saved["discovery"]) == set(DISCOVERY_METHODS) | {"object-dino-map"}
+    assert len(list((tmp_path / "out" / "instances").glob("*.png"))) == 8  # the default instances, per image
     for row in saved["discovery"].values():
         assert 0 <= row["corloc"]["value"] <= 100 and 0 <= row["mask_iou"]["value"] <= 100
     text = "\n".join(table_lines(result))
