@@ -172,3 +172,4 @@ def _vcd(tower, processor, **options):
 
 
 from . import region_method  # noqa: E402,F401  (registers "region-tokens")
+from . import evidence  # noqa: E402,F401  (registers "region-evidence" and its @random / @oracle / @none twins)
