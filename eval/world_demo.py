@@ -39,7 +39,8 @@ from .runner import Item, RunConfig, run_methods
 
 __all__ = ["WorldDemoConfig", "run_world_demo", "bootstrap_interval", "WORLD_METHODS", "DISCOVERY_METHODS"]
 
-WORLD_METHODS = ("baseline", "highlight", "masked-contrast", "vcd", "region-tokens")
+WORLD_METHODS = ("baseline", "highlight", "masked-contrast", "vcd", "region-tokens",
+                 "region-evidence", "region-evidence@random", "region-evidence@oracle")
 DISCOVERY_METHODS = ("lost", "tokencut", "dinoseg", "object-dino",  # the references, exactly
                      "lost-centred", "tokencut-adaptive", "object-dino-adaptive")  # the library's variants
 POPE_SPLITS = ("random", "popular", "adversarial")
@@ -297,6 +298,9 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
         adapter = cfg.regions or str(assets.require(assets.WORLD_REGIONS))
         options.setdefault("region-tokens", {}).setdefault("adapter", adapter)
     world, instances = _world(out, cfg)
+    for name in cfg.methods:  # METHOD@oracle rows read the world's own instance masks
+        if name.endswith("@oracle"):
+            options.setdefault(name, {}).setdefault("oracle_instances", str(world / "annotations" / "instances.json"))
     # one load: examples + discovery
     grounding_tower = RegisterViT.from_pretrained(tower, device=cfg.device, preprocess={"short_side": 224})
     _fresh_runs(out, {"config": asdict(cfg), "model": weights_identity(model), "tower": weights_identity(tower),
@@ -323,7 +327,8 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
         pope[method]["partner_trap"] = partner_trap(splits, answers, present, pairs)
     timings["pope_s"] = round(time.perf_counter() - start, 1)
     runs_answers = {m: _answers(out / "pope" / "runs" / m) for m in cfg.methods}
-    examples = partner_examples(world, splits["adversarial"], partners, runs_answers, grounding_tower, cfg, out)
+    examples = partner_examples(world, splits["adversarial"], partners, runs_answers, grounding_tower, cfg, out,
+                                present=present, pairs=pairs)
 
     chair = {}
     if cfg.caption_images:
@@ -359,14 +364,19 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
 
 
 def partner_examples(world: Path, adversarial: list[dict], partners: set[str], answers: dict[str, dict[str, str]],
-                     tower, cfg: WorldDemoConfig, out: Path, limit: int = 4) -> list[dict]:
+                     tower, cfg: WorldDemoConfig, out: Path, limit: int = 4, present: dict | None = None,
+                     pairs: list | None = None) -> list[dict]:
     """The adversarial questions about an ABSENT partner object (the planted prior's trap), with every method's
-    answer and what the highlight branch sees (the image tinted where Object-DINO's map is high)."""
+    answer and what the highlight branch sees (the image tinted where Object-DINO's map is high). With `present`
+    (image -> its categories) and `pairs`, only real traps: the image holds the first of the pair, not the partner."""
     from grounding.decoding.highlight import red_tint
     from grounding.images import load_image
     from grounding.objects.object_dino import ObjectDINO
 
     rows = [r for r in adversarial if r["label"] == "no" and r["object"] in partners]
+    if present is not None and pairs is not None:
+        rows = [r for r in rows if any(partner == r["object"] and first in present.get(r["image"], ())
+                                       for first, partner in pairs)]
     if not rows:
         return []
     object_dino = ObjectDINO(k=cfg.map_k)

@@ -6,10 +6,11 @@ them all. `pipeline.py` (transformers' pipeline with a method) is imported on us
 """
 
 from ..decoding.sampling import sampling_settings
-from . import baseline, guided, region  # noqa: F401  (each registers its methods)
+from . import baseline, evidence, guided, region  # noqa: F401  (each registers its methods)
 from .baseline import Baseline
+from .evidence import EvidenceConfig, RegionEvidence
 from .region import RegionTokens
 from .registry import METHODS, build_method, check_method_options, method_options, needs_tower, register_method
 
-__all__ = ["METHODS", "register_method", "build_method", "Baseline", "RegionTokens", "needs_tower",
-           "sampling_settings", "check_method_options", "method_options"]
+__all__ = ["METHODS", "register_method", "build_method", "Baseline", "RegionTokens", "RegionEvidence", "EvidenceConfig",
+           "needs_tower", "sampling_settings", "check_method_options", "method_options"]
