@@ -23,6 +23,8 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from .records import replace_atomically
+
 __all__ = ["write_new_file", "check_new_folder", "staging_folder", "promote", "recover", "promote_contents",
            "recover_contents", "remove_stale_temporaries",
            "OutputExistsError"]
@@ -45,18 +47,7 @@ def write_new_file(path: str | Path, text: str | bytes, overwrite: bool = False,
         _refuse_existing(path, option)
     if path.parent.exists() and not path.parent.is_dir():
         raise OutputExistsError(f"{option} {path}: {path.parent} is a file, not a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = text.encode() if isinstance(text, str) else text
-    try:
-        with temporary.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    replace_atomically(path, text)
     return path
 
 

@@ -145,12 +145,13 @@ def check_finite(value: Any, where: str, path: str = "") -> None:
                          "is an error, not a result")
 
 
-def _replace(path: Path, text: str) -> None:
+def replace_atomically(path: Path, text: str | bytes) -> None:
+    """Write `path` through a temporary file beside it and a rename: readers see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with temporary.open("w") as handle:
-            handle.write(text)
+        with temporary.open("wb") as handle:
+            handle.write(text.encode() if isinstance(text, str) else text)
             handle.flush()
             os.fsync(handle.fileno())
         temporary.replace(path)
@@ -164,9 +165,9 @@ def write_json(path: str | Path, payload: dict) -> None:
     numbers are refused with the field named."""
     path = Path(path)
     check_finite(json.loads(json.dumps(payload, default=_plain)), str(path))
-    _replace(path, json.dumps(payload, indent=2, default=_plain, allow_nan=False) + "\n")
+    replace_atomically(path, json.dumps(payload, indent=2, default=_plain, allow_nan=False) + "\n")
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     """A derived JSON-lines file (predictions.jsonl, per_item.jsonl), written new and renamed into place."""
-    _replace(Path(path), "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows))
+    replace_atomically(Path(path), "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows))
