@@ -28,7 +28,7 @@ from grounding.objects.object_dino import ObjectDINO
 from grounding.objects.regions import upsample_maps
 from grounding.viz import draw_boxes, head_cluster_grid, norm_histograms, overlay
 
-from .discovery_eval import save_instance_picture
+from .discovery_eval import CachedObjectDINO, save_instance_picture
 from .corloc import corloc, iou, load_dataset
 from .records import run_metadata, write_json
 
@@ -57,11 +57,16 @@ def run_demo(out_dir: Path, num_images: int | None = None, short_side: int = 448
                                                 preprocess=PreprocessConfig(short_side=short_side)))
     items = load_dataset("coco", photos_dir())
     items = items[:num_images] if num_images else items
-    maps_od, discovery_od = ObjectDINO(k=5), ObjectDINO(k=12)
+    # discovery: one Object-DINO analysis and affinity per photo, shared by its methods and its instances
+    maps_od, discovery_od = CachedObjectDINO(k=5), CachedObjectDINO(k=12)
+    # the instance pictures at the 224 px short side their cost was measured at (an eigendecomposition per round
+    # grows with the cube of the patch count: 448 px costs about 30x more); boxes and masks in the photo's pixels
+    instance_tower = RegisterViT.from_config(TowerConfig(model=model_dir, device=device,
+                                                         preprocess=PreprocessConfig(short_side=224)))
     records, norms = [], []
     with _quiet("grounding.objects.discovery"):  # complete TokenCut graphs are counted in the table instead
         for item in tqdm(items, desc="demo", unit="photo", disable=not progress):
-            records.append(_one_photo(item, tower, maps_od, discovery_od, out_dir, norms))
+            records.append(_one_photo(item, tower, maps_od, discovery_od, out_dir, norms, instance_tower))
     table = {m: round(corloc([r[m] for r in records]), 1) for m in METHODS}
     complete = {m: sum(r[m]["complete_graph"] for r in records) for m in METHODS}
     pooled = torch.cat([n.norms.flatten(1) for n in norms], dim=1)[:, None]  # (L+1, 1, all patches): grids differ
@@ -89,7 +94,8 @@ def run_demo(out_dir: Path, num_images: int | None = None, short_side: int = 448
     return metrics
 
 
-def _one_photo(item, tower, maps_od: ObjectDINO, discovery_od: ObjectDINO, out_dir: Path, norms: list) -> dict:
+def _one_photo(item, tower, maps_od: ObjectDINO, discovery_od: ObjectDINO, out_dir: Path, norms: list,
+               instance_tower) -> dict:
     image = load_image(item.path)
     out = tower([image], output_hidden_states=True)
     norms.append(token_norm_stats(out))
@@ -108,7 +114,8 @@ def _one_photo(item, tower, maps_od: ObjectDINO, discovery_od: ObjectDINO, out_d
     picture = draw_boxes(overlay(image, full_map, alpha=0.45), list(boxes.values()), list(boxes))
     draw_boxes(picture, item.boxes, ["gt"] * len(item.boxes), width=1).save(
         out_dir / "overlays" / f"{item.path.stem}.png")
-    save_instance_picture(image, out, discovery_od, tower, out_dir / "instances" / f"{item.path.stem}.png", record)
+    save_instance_picture(image, instance_tower([image]), discovery_od, instance_tower,
+                          out_dir / "instances" / f"{item.path.stem}.png", record)
     head_cluster_grid(analysis.labels[0], int(analysis.object_cluster[0]),
                       f"{item.path.name}: Object-DINO head clusters (k=5)").save(
         out_dir / "heads" / f"{item.path.stem}.png")

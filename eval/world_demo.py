@@ -31,7 +31,7 @@ import torch
 from grounding.annotations import objects_per_image
 
 from .benchmarks import CAPTION_PROMPT, score_captions
-from .discovery_eval import save_instance_picture
+from .discovery_eval import CachedObjectDINO, save_instance_picture
 from .pope import build_pope, parse_answer
 from .records import run_metadata, write_json
 from .run_folder import weights_identity
@@ -225,7 +225,7 @@ def discovery_table(world: Path, instances: dict, tower, draws: int, map_k: int 
 
     from .corloc import iou
 
-    maps_od, discovery_od = ObjectDINO(k=map_k), ObjectDINO(k=discovery_k)
+    maps_od, discovery_od = ObjectDINO(k=map_k), CachedObjectDINO(k=discovery_k)  # one analysis per image
     by_image: dict[int, list[dict]] = {}
     for ann in instances["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
