@@ -38,7 +38,7 @@ from grounding.images import load_image
 
 from .conversation import ConversationCollator, tokenize_batch, tokenizer_fingerprint
 from .loader import TrainerStatefulLoader
-from .records import records_file
+from .training_records import records_file
 
 __all__ = ["InstructionDataModule", "InstructionDataset", "SEED_STRIDE"]
 
