@@ -2,6 +2,8 @@
 `ruff check` over the repository (the settings are in pyproject.toml).
 
 Rules (README, "Layout"):
+* every project import names a module of this tree (an editable install elsewhere would otherwise answer for a
+  module that is missing here: setuptools' editable finder resolves direct children of the top-level packages);
 * no import circle among the project's modules (module-level imports; `if TYPE_CHECKING:` blocks do not run);
 * no function-level import of a project module in grounding/ or lightning_modules/, except the lazy imports
   listed in LAZY (each says why); eval/ defers imports in its command-line modules on purpose (argument parsing
@@ -136,6 +138,11 @@ def _room(module: str) -> str:
         return "face"  # grounding/__init__.py: lazy names only
     return parts[1] if parts[1] in MAY_IMPORT and (MODULES[module].parent.name == parts[1]
                                                     or len(parts) > 2) else "shared"
+
+
+def test_every_project_import_exists_in_this_tree():
+    missing = sorted(f"{m} -> {t}" for m in MODULES for t in TOP[m] | INNER[m] if t not in MODULES)
+    assert not missing, "imports of modules that are not in the tree (moved or renamed?):\n" + "\n".join(missing)
 
 
 def test_no_import_circle():
