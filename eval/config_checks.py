@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_world_config", "check_world_data", "check_world_space", "WORLD_RULES", "MAX_WORLD_IMAGES"]
+__all__ = ["load_world_config", "check_world_data", "check_world_space", "read_yaml", "WORLD_RULES",
+           "MAX_WORLD_IMAGES"]
 
 MAX_WORLD_IMAGES = 10_000_000
 
@@ -92,8 +93,6 @@ def check_world_data(data: Any, source: str) -> None:
 
 def load_world_config(path: str | Path | None):
     """The WorldConfig of a YAML file (None: the defaults), checked key by key."""
-    import yaml
-
     from grounding.world import WorldConfig
 
     if path is None:
@@ -101,14 +100,7 @@ def load_world_config(path: str | Path | None):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"world config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"world config {path}{where}: not valid YAML "
-                         f"({getattr(error, 'problem', None) or error})") from None
-    data = {} if data is None else data
+    data = read_yaml(path, "world config")
     check_world_data(data, f"world config {path}")
     return WorldConfig.from_dict(data, source=str(path))
 
@@ -127,3 +119,17 @@ def check_world_space(out: str | Path, images: int, config) -> None:
     if need > free:
         raise ValueError(f"--images {images}: the world needs about {need / 2**30:.1f} GiB and {probe} has "
                          f"{free / 2**30:.1f} GiB free; ask for fewer images or choose another --out")
+
+
+def read_yaml(path: Path, label: str):
+    """A YAML file's content ({} when empty); invalid YAML is one ValueError naming `label`, the file and the line."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or error
+        raise ValueError(f"{label} {path}{where}: not valid YAML ({problem})") from None
+    return {} if data is None else data

@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
 
+from .config_checks import read_yaml
 from .cli_types import config_value, nonnegative_int, positive_float, positive_int
 
 __all__ = ["add_commands", "resolve_config", "run_config_from_args"]
@@ -56,14 +56,7 @@ def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
     path = Path(args.config)
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or error
-        raise ValueError(f"--config {path}{where}: not valid YAML ({problem})") from None
-    data = {} if data is None else data
+    data = read_yaml(path, "--config")
     if not isinstance(data, dict):
         raise ValueError(f"--config {path}: expected option: value pairs, got a {type(data).__name__}")
     actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
