@@ -311,9 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--world-split", choices=["test", "val"], default="test",
                        help="val: check settings on a val world (use another --world-seed), never on the test split")
     group.add_argument("--world-config", default=None, help="a world config YAML (default: the shipped defaults)")
-    group.add_argument("--world-dtype", choices=["bfloat16", "float32"], default="bfloat16",
-                       help="the VLM's dtype on the world (float32 on CPUs without bf16 matmul units: 50x faster "
-                            "there)")
+    group.add_argument("--world-dtype", choices=["auto", "bfloat16", "float32"], default="auto",
+                       help="the VLM's dtype on the world (auto: bfloat16 on CUDA, float32 on a CPU, where bf16 "
+                            "matmul without bf16 units runs about 50x slower)")
     group.add_argument("--caption-images", type=nonnegative_int, default=4, help="images captioned for CHAIR")
     group.add_argument("--world-model", default=None,
                        help="the VLM measured on the world: a folder, hub name or a `grounding fit` LoRA export "

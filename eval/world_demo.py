@@ -61,7 +61,9 @@ class WorldDemoConfig:
     regions: str | None = None  # default: the built world-llava-regions adapter
     world_config: str | None = None  # a WorldConfig YAML (default: the shipped defaults)
     device: str = "cpu"
-    dtype: str = "bfloat16"  # the VLM's dtype (world-llava was trained on a bf16 frozen backbone)
+    # the VLM's dtype; auto: bfloat16 on CUDA (world-llava was trained on a bf16 frozen backbone), float32 on a CPU
+    # (without bf16 matmul units a CPU runs bf16 about 50x slower)
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     method_options: dict = field(default_factory=dict)
     map_k: int = 5  # Object-DINO clusters for the object maps (its MLLM setting)
     discovery_k: int = 12  # ... and for discovery boxes
@@ -71,6 +73,10 @@ class WorldDemoConfig:
         self.methods = tuple(self.methods)
         if self.images < 1 or self.caption_images < 0:
             raise ValueError("images must be >= 1 and caption_images >= 0")
+        if self.dtype not in ("auto", "bfloat16", "float32"):
+            raise ValueError(f"dtype must be auto, bfloat16 or float32, got {self.dtype!r}")
+        if self.dtype == "auto":
+            self.dtype = "bfloat16" if str(self.device).startswith("cuda") else "float32"
         if self.split not in ("test", "val"):
             raise ValueError(f"split must be 'test' or 'val', got {self.split!r}")
         if self.model and not self.regions and "region-tokens" in self.methods:

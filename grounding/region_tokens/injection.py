@@ -23,7 +23,7 @@ import torch
 
 from ..compat import image_features_as_list, image_features_like
 from ..weights import PROJECTOR_ATTRIBUTE
-from .features import extract_regions, pool_vlm_features
+from .features import RegionBatch, extract_regions, pool_vlm_features
 
 if TYPE_CHECKING:  # the annotation only: modeling.py imports this module (RegionGrounding.attach calls attach)
     from .modeling import RegionGrounding
@@ -77,6 +77,20 @@ class RegionHandle:
         self.detach()
 
 
+def _distinct_regions(tower, grounding: RegionGrounding, rgb: torch.Tensor) -> RegionBatch:
+    """`extract_regions` of the distinct images of a batch only (a POPE batch holds one image's questions: its
+    rows share pixels), gathered back to one row per image. (B, 3, H, W) -> RegionBatch of B rows."""
+    flat = rgb.flatten(1)  # (B, 3HW)
+    first: dict[bytes, int] = {}
+    rows = [first.setdefault(row.cpu().numpy().tobytes(), i) for i, row in enumerate(flat)]
+    distinct = sorted(set(rows))
+    if len(distinct) == len(rows):
+        return extract_regions(tower, grounding.object_dino, rgb, grounding.config)
+    found = extract_regions(tower, grounding.object_dino, rgb[distinct], grounding.config)
+    where = torch.tensor([distinct.index(r) for r in rows])
+    return RegionBatch(found.features[where], found.boxes[where], found.valid[where], found.masks[where])
+
+
 def attach(grounding: RegionGrounding, model, processor) -> RegionHandle:
     config = grounding.config
     owner = image_feature_owner(model)
@@ -101,7 +115,7 @@ def attach(grounding: RegionGrounding, model, processor) -> RegionHandle:
         output = original(pixel_values, *args, **kwargs)
         features = image_features_as_list(output)  # per image (N_i, D)
         with torch.no_grad():
-            regions = extract_regions(tower, grounding.object_dino, pixels_to_rgb(pixel_values, mean, std), config)
+            regions = _distinct_regions(tower, grounding, pixels_to_rgb(pixel_values, mean, std))
         pooled = regions.features
         if config.feature_source == "vlm":
             pooled = torch.stack([pool_vlm_features(f.float(), m.to(f.device))

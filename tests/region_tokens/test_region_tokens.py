@@ -92,6 +92,35 @@ def test_region_tokens_follow_the_image_tokens(tower):
     handle.detach()
 
 
+def test_repeated_images_of_a_batch_are_analysed_once_with_the_same_tokens(tower, monkeypatch):
+    from grounding.region_tokens import injection
+
+    model, processor = make_tiny_llava()
+    grounding = RegionGrounding(RegionConfig(num_regions=3, object_dino=OD, projector_hidden=16), tower=tower)
+    handle = grounding.attach(model, processor)
+    textured, flat = images()
+    seen = []
+    real = injection.extract_regions
+
+    def counted(t, od, rgb, cfg):
+        seen.append(len(rgb))
+        return real(t, od, rgb, cfg)
+
+    monkeypatch.setattr(injection, "extract_regions", counted)
+    captured = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: captured.append(kw["inputs_embeds"]), with_kwargs=True)
+    with torch.no_grad():
+        model(**encode(processor, [textured, flat]))
+        model(**encode(processor, [textured, flat, textured, textured]))
+    hook.remove()
+    handle.detach()
+    assert seen == [2, 2]  # the 4-row batch analysed its 2 distinct images
+    distinct, repeated = captured
+    for row, source in enumerate([0, 1, 0, 0]):
+        torch.testing.assert_close(repeated[row], distinct[source])
+
+
 def test_generate_greedy_and_sampling_and_save_load(tower, tmp_path):
     model, processor = make_tiny_llava()
     grounding = RegionGrounding(RegionConfig(num_regions=2, object_dino=OD, projector_hidden=16), tower=tower)
