@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from grounding.objects.discovery import discover
 from grounding.images import ImageError, load_image, original_size, to_original_pixels
 from grounding.objects.instances import instance_pixel_masks, instances
-from grounding.objects.object_dino import ObjectDINO
+from grounding.objects.object_dino import ObjectDINO, ObjectDINOConfig
 from grounding.objects.regions import upsample_maps
 from grounding.viz import instance_picture
 
@@ -125,25 +125,30 @@ def _to_gt_size(masks: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 class CachedObjectDINO(ObjectDINO):
     """ObjectDINO whose analysis and discovery affinity are computed once per tower output and config (the
-    methods of one evaluation share them); the cache holds the latest tower output only."""
+    methods of one evaluation share them). The cache is this object's, shared with the siblings it makes for other
+    configs (`with_config`), and holds the latest tower output only."""
 
-    _cache: dict = {}
+    def __init__(self, config: ObjectDINOConfig | None = None, cache: dict | None = None, **overrides):
+        super().__init__(config, **overrides)
+        self._cache = cache if cache is not None else {}
+
+    def with_config(self, config: ObjectDINOConfig) -> CachedObjectDINO:
+        return type(self)(config, cache=self._cache)
+
+    def _cached(self, out, name: str, compute):
+        if self._cache.get("pinned") is not out:  # a new image: drop the last one (pinned, so ids stay unique)
+            self._cache.clear()
+            self._cache["pinned"] = out
+        key = (id(out), repr(self.config), name)
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
 
     def analyse(self, out):
-        key = (id(out), repr(self.config), "analyse")
-        if key not in self._cache:
-            if self._cache.get("pinned") is not out:  # a new image: drop the last one (pinned, so ids stay unique)
-                type(self)._cache = {"pinned": out}
-            self._cache[key] = super().analyse(out)
-        return self._cache[key]
+        return self._cached(out, "analyse", lambda: super(CachedObjectDINO, self).analyse(out))
 
     def discovery_affinity(self, out, selected):
-        key = (id(out), repr(self.config), "affinity")
-        if self._cache.get("pinned") is not out:
-            type(self)._cache = {"pinned": out}
-        if key not in self._cache:
-            self._cache[key] = super().discovery_affinity(out, selected)
-        return self._cache[key]
+        return self._cached(out, "affinity", lambda: super(CachedObjectDINO, self).discovery_affinity(out, selected))
 
 
 def evaluate_discovery(tower, items: Sequence[InstanceItem], methods: Sequence[str], instance_methods: Sequence[str],

@@ -216,7 +216,7 @@ def _oriented_maps(out: TowerOutput, object_dino=None, map_k: int | None = 5, to
     config = object_dino.config if object_dino is not None else ObjectDINOConfig()
     map_k = min(map_k, out.num_layers * out.num_heads) if map_k is not None else None  # tiny models: fewer heads
     if map_k is not None and map_k != config.k:
-        object_dino = type(object_dino)(replace(config, k=map_k)) if object_dino is not None else None
+        object_dino = object_dino.with_config(replace(config, k=map_k)) if object_dino is not None else None
         config = replace(config, k=map_k)
     object_dino = object_dino if object_dino is not None else ObjectDINO(config)
     analysis = object_dino.analyse(out)

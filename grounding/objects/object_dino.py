@@ -148,6 +148,10 @@ class ObjectDINO:
     def __call__(self, out: TowerOutput) -> ObjectDINOOutput:
         return self.analyse(out)
 
+    def with_config(self, config: ObjectDINOConfig) -> ObjectDINO:
+        """The same kind of ObjectDINO with another config (a subclass keeps what it shares, e.g. a cache)."""
+        return type(self)(config)
+
     def analyse(self, out: TowerOutput) -> ObjectDINOOutput:
         cfg = self.config
         layers, batch, heads = out.q.shape[:3]

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from eval.cli import main
 from eval.discovery_eval import (bootstrap_interval, box_iou_matrix, load_instance_dataset, mask_iou_matrix, recalled,
@@ -104,3 +105,28 @@ def test_paired_difference():
     corloc = paired_difference(records, ("single", "a"), ("single", "b"), draws=100)
     assert corloc["value"] == 50.0 and 0.0 <= corloc["ci95"][0] <= 50.0 <= corloc["ci95"][1] <= 100.0
     assert paired_difference(records, ("instances", "x"), ("instances", "y"), "box_ar@10", draws=50)["value"] == 25.0
+
+
+def test_cached_object_dino_cache_is_per_object_and_shared_with_its_siblings(tower, monkeypatch):
+    from dataclasses import replace
+
+    from grounding.objects.object_dino import ObjectDINO
+
+    from eval.discovery_eval import CachedObjectDINO
+
+    calls = []
+    real = ObjectDINO.analyse
+    monkeypatch.setattr(ObjectDINO, "analyse", lambda self, out: calls.append(self.config.k) or real(self, out))
+    image = Image.fromarray((np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8))
+    out = tower([image])
+    first, other = CachedObjectDINO(k=3, restarts=1), CachedObjectDINO(k=3, restarts=1)
+    sibling = first.with_config(replace(first.config, k=2))
+    assert first.analyse(out) is first.analyse(out) and calls == [3]
+    other.analyse(out)  # another object: its own cache
+    sibling.analyse(out)
+    sibling.analyse(out)
+    first.analyse(out)
+    assert calls == [3, 3, 2]
+    out2 = tower([image])  # a new tower output replaces the cached one
+    first.analyse(out2)
+    assert calls == [3, 3, 2, 3]
