@@ -10,15 +10,18 @@ reads its evidence through the same context that carries that prior. This method
    tokens of " <name>", and " background"). Each image token votes for its nearest word: a logit lens at layer 0,
    one batched vision + projector forward for all the distinct images of a batch, cached per image so an image's
    questions share it. No prompt is read and no token of the question or the caption is seen.
-2. **Regions** (`region_cells`): which image tokens count, from a mask source: `object-dino` (the Object-DINO
-   object map > `map_threshold`, the default), `random` (the Object-DINO regions of the same image, each moved to
-   a random place on the token grid, seeded per image: the same number of regions and the same areas, placed at
-   random), `oracle` (the ground-truth instance masks of a COCO-format annotation file: COCO instances or a
-   generated world) or `none` (every image token).
+2. **Regions**: which image tokens count, from a mask source: `object-dino` (the default: Object-DINO's object
+   instances, `ObjectDINO.instances`, up to `max_objects`; with `regions="map"` the object map > `map_threshold`),
+   `random` (the same image's Object-DINO regions, each moved to a random place on the token grid, seeded per
+   image: the same number of regions and the same areas, placed at random), `oracle` (the ground-truth instance
+   masks of a COCO-format annotation file: COCO instances or a generated world) or `none` (every image token).
+   A region covers the token cells it covers at least `coverage` (`instance_cells`; a region smaller than that
+   keeps its best-covered cell).
 3. **Support** of a category: the number of image tokens inside the regions that vote for it.
 4. **Decoding** (`EvidenceLogitsProcessor`): a fixed (B, V) penalty subtracted from the logits at every step.
    Questions ("Is there a knife in the image?"): the object asked about is found in the prompt (CHAIR synonyms);
-   when fewer than `min_support` region tokens vote for it, "Yes" loses `strength`. Captions: the first token of
+   when fewer than `min_support` region tokens vote for it, "Yes" loses `strength` (8, chosen on the val
+   world: no larger value changed a val answer, so an object no region supports is not affirmed). Captions: the first token of
    every word of every category with no support loses `strength`. With strength 0 the processor returns the
    scores unchanged (plain greedy, exactly).
 
@@ -34,7 +37,7 @@ import json
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +51,7 @@ from ..decoding.chat import encode_chat
 from ..decoding.prefix_cache import PrefixCache, generate_new_tokens
 from ..decoding.sampling import sampling_settings, with_reference_sampling
 from ..images import as_pil, load_image
+from ..objects.instance_registry import instance_pixel_masks
 from ..objects.object_dino import ObjectDINO, ObjectDINOConfig
 from ..objects.regions import connected_components
 from .registry import register_method
@@ -60,6 +64,7 @@ __all__ = [
     "image_token_reading",
     "region_cells",
     "random_regions",
+    "instance_cells",
     "MASK_SOURCES",
 ]
 
@@ -71,7 +76,13 @@ _SYNONYMS = Path(__file__).resolve().parents[2] / "eval" / "data" / "chair" / "s
 class EvidenceConfig:
     task: Literal["question", "caption"] = "question"
     mask_source: Literal["object-dino", "random", "oracle", "none"] = "object-dino"
-    strength: float = 4.0  # logit taken from "Yes" / an unsupported object's words (0: plain greedy)
+    # instances: the regions are Object-DINO's object instances (`ObjectDINO.instances`, up to max_objects);
+    # map: the connected regions of its object map > map_threshold (docs/benchmarks.md compares them on val)
+    regions: Literal["instances", "map"] = "instances"
+    max_objects: int = 8
+    # logit taken from "Yes" / an unsupported object's words (0: plain greedy); 8, chosen on the val world (no
+    # larger value changed a val answer): an object no region supports is not affirmed
+    strength: float = 8.0
     min_support: int = 1  # region tokens that must vote for an object for it to count as seen
     coverage: float = 0.3  # a token cell is inside the regions when at least this fraction of it is covered
     map_threshold: float = 0.5  # Object-DINO map threshold of the regions
@@ -79,11 +90,18 @@ class EvidenceConfig:
     oracle_instances: str | None = None  # oracle: a COCO instances file (a world's annotations/instances.json)
     oracle_images: str | None = None  # oracle: its image folder (default: ../images beside annotations/)
     cache_size: int = 512  # images whose reading and regions are kept
-    object_dino: ObjectDINOConfig = field(default_factory=ObjectDINOConfig)
+    # instance discovery clusters all heads into 12 groups (maps: 5); `object_dino` overrides
+    object_dino: ObjectDINOConfig | None = None
 
     def __post_init__(self):
+        if self.object_dino is None:
+            self.object_dino = ObjectDINOConfig(k=12 if self.regions == "instances" else 5)
         if isinstance(self.object_dino, dict):
             self.object_dino = ObjectDINOConfig(**self.object_dino)
+        if self.regions not in ("instances", "map"):
+            raise ValueError(f"regions must be 'instances' or 'map', got {self.regions!r}")
+        if self.max_objects < 1:
+            raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
         if self.mask_source not in MASK_SOURCES:
             raise ValueError(f"mask_source must be one of {', '.join(MASK_SOURCES)}, got {self.mask_source!r}")
         if self.task not in ("question", "caption"):
@@ -220,6 +238,17 @@ def region_cells(mask: torch.Tensor | np.ndarray, shape: tuple[int, int], covera
     return cells >= coverage
 
 
+def instance_cells(masks: torch.Tensor | np.ndarray, shape: tuple[int, int], coverage: float) -> torch.Tensor:
+    """(K, H, W) pixel masks of K regions -> (K, rows, cols) bool cells: each region's cells covered at least
+    `coverage`, or, for a region smaller than that, its best-covered cell (a small object keeps one cell)."""
+    masks = torch.as_tensor(np.asarray(masks), dtype=torch.float32)
+    if masks.shape[0] == 0:
+        return torch.zeros(0, *shape, dtype=torch.bool)
+    cover = F.adaptive_avg_pool2d(masks[:, None], shape)[:, 0]  # (K, rows, cols) covered fraction
+    best = cover.flatten(1).amax(1)[:, None, None]  # (K, 1, 1)
+    return (cover >= coverage) | ((cover >= best) & (best > 0))
+
+
 def random_regions(cells: torch.Tensor, seed: int) -> torch.Tensor:
     """The connected regions of `cells` (bool grid), each moved to a random place on the grid (its shape and area
     kept, inside the grid): the same number of regions and the same areas as the given ones, placed at random."""
@@ -258,13 +287,19 @@ class OracleMasks:
             raise ValueError(f"oracle masks: none of the images of {instances} is in {folder}")
 
     def mask(self, image: Image.Image) -> np.ndarray:
+        """(H, W) bool: the union of the image's instance masks."""
+        found = self.instance_masks(image)
+        return found.any(0) if len(found) else np.zeros(found.shape[1:], dtype=bool)
+
+    def instance_masks(self, image: Image.Image) -> np.ndarray:
+        """(K, H, W) bool: one mask per annotated instance of the image."""
         info = self.index.get(_image_key(image))
         if info is None:
             raise ValueError(
                 "oracle masks: this image is not one of the annotated images (the oracle mask source "
                 "only runs on the images of its instances file, unresized)"
             )
-        union = np.zeros((info["height"], info["width"]), dtype=bool)
+        masks = [np.zeros((info["height"], info["width"]), dtype=bool)]  # the first: a shape for no instances
         for ann in self.annotations.get(info["id"], []):
             segmentation = ann["segmentation"]
             if isinstance(segmentation, list):  # polygons
@@ -272,8 +307,8 @@ class OracleMasks:
                 segmentation = self._decode.merge(rles)
             elif isinstance(segmentation.get("counts"), list):
                 segmentation = self._decode.frPyObjects(segmentation, info["height"], info["width"])
-            union |= self._decode.decode(segmentation).astype(bool)
-        return union
+            masks.append(self._decode.decode(segmentation).astype(bool))
+        return np.stack(masks)[1:]
 
 
 # ------------------------------------------------------------------ 3-4. support and the logits processor
@@ -333,21 +368,28 @@ class RegionEvidence:
         return self._words[key]
 
     def masks(self, images: Sequence[Image.Image]) -> list[np.ndarray | None]:
-        """(H, W) bool region mask per image from the mask source (None: every image token counts). The Object-DINO
-        maps of a batch come from one tower call per tower input size."""
+        """(K, H, W) bool region masks per image from the mask source (None: every image token counts). The
+        Object-DINO instances (or maps) of a batch come from one tower call per tower input size."""
         cfg = self.config
         if cfg.mask_source == "none":
             return [None] * len(images)
         if cfg.mask_source == "oracle":
-            return [self.oracle.mask(image) for image in images]
+            return [self.oracle.instance_masks(image) if cfg.regions == "instances" else self.oracle.mask(image)[None]
+                    for image in images]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             groups.setdefault(self.tower.input_geometry(image.height, image.width)[1], []).append(i)
         out: list = [None] * len(images)
         for group in groups.values():
-            maps = self.object_dino.object_maps(self.tower([images[i] for i in group]), upsample=True)
-            for i, full in zip(group, maps):
-                out[i] = (full > cfg.map_threshold).cpu().numpy()
+            found = self.tower([images[i] for i in group])
+            if cfg.regions == "instances":
+                objects = self.object_dino.instances(found, max_objects=cfg.max_objects, tower=self.tower)
+                for b, i in enumerate(group):
+                    out[i] = instance_pixel_masks(objects, found, b).cpu().numpy()
+            else:
+                maps = self.object_dino.object_maps(found, upsample=True)
+                for i, full in zip(group, maps):
+                    out[i] = (full > cfg.map_threshold).cpu().numpy()[None]
         return out
 
     def support(self, model, images: Sequence[Image.Image]) -> list[torch.Tensor]:
@@ -374,14 +416,19 @@ class RegionEvidence:
             self._evidence.popitem(last=False)
         return found
 
-    def _count(self, votes: torch.Tensor, mask: np.ndarray | None, key: str, size: int) -> torch.Tensor:
+    def _count(self, votes: torch.Tensor, masks: np.ndarray | None, key: str, size: int) -> torch.Tensor:
         cfg = self.config
-        if mask is None:
+        if masks is None:
             inside = torch.ones_like(votes, dtype=torch.bool)
         else:
-            inside = region_cells(mask, tuple(votes.shape), cfg.coverage)
-            if cfg.mask_source == "random":
-                inside = random_regions(inside, int(hashlib.sha1(f"{cfg.seed}:{key}".encode()).hexdigest()[:15], 16))
+            if cfg.regions == "instances":
+                cells = instance_cells(masks, tuple(votes.shape), cfg.coverage)  # (K, rows, cols)
+            else:
+                cells = region_cells(masks[0], tuple(votes.shape), cfg.coverage)[None]
+            if cfg.mask_source == "random":  # each region moved: seeded by the image and the region's rank
+                seed = int(hashlib.sha1(f"{cfg.seed}:{key}".encode()).hexdigest()[:15], 16)
+                cells = torch.stack([random_regions(c, seed + i) for i, c in enumerate(cells)]) if len(cells) else cells
+            inside = cells.any(0) if len(cells) else torch.zeros_like(votes, dtype=torch.bool)
         return torch.bincount(votes[inside].flatten(), minlength=size)
 
     def penalties(self, model, images: Sequence[Image.Image], prompts: Sequence[str], vocab_size: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ from grounding.methods.evidence import (
     OracleMasks,
     RegionEvidence,
     image_token_reading,
+    instance_cells,
     random_regions,
     region_cells,
 )
@@ -133,6 +134,41 @@ def test_region_cells_is_the_covered_fraction():
     assert cells[0, 0] and cells[0, 1] and not cells[1, 0] and int(cells.sum()) == 2
 
 
+def test_instance_cells_keep_a_small_region_in_its_best_cell():
+    masks = np.zeros((3, 40, 40), dtype=bool)
+    masks[0, :10, :20] = True  # two full cells of a 4x4 grid
+    masks[1, 12:14, 33:36] = True  # 6 pixels: under the coverage of any cell; its best cell is (1, 3)
+    cells = instance_cells(masks, (4, 4), 0.3)  # (K, rows, cols); the third region is empty
+    assert cells.shape == (3, 4, 4)
+    assert torch.equal(cells[0], region_cells(masks[0], (4, 4), 0.3))
+    assert int(cells[1].sum()) == 1 and bool(cells[1, 1, 3]) and not cells[2].any()
+    assert instance_cells(np.zeros((0, 40, 40), dtype=bool), (4, 4), 0.3).shape == (0, 4, 4)
+
+
+def test_instance_support_counts_the_votes_inside_the_object_dino_instances(tower):
+    from grounding.objects.instance_registry import instance_pixel_masks
+    from grounding.objects.object_dino import ObjectDINO, ObjectDINOConfig
+
+    model, processor = make_tiny_llava()
+    images = photos(2)
+    method = RegionEvidence(tower, processor, object_dino=OD, max_objects=3)
+    counts = method.support(model, images)
+    words = ObjectVocabulary().embeddings(model, processor.tokenizer)
+    reference = ObjectDINO(ObjectDINOConfig(**OD))
+    for image, count, (votes, _) in zip(images, counts, image_token_reading(model, processor, images, words)):
+        out = tower([image])
+        found = reference.instances(out, max_objects=3, tower=tower)
+        masks = instance_pixel_masks(found, out, 0).numpy()  # (K, H, W)
+        assert 1 <= len(masks) <= 3
+        inside = instance_cells(masks, tuple(votes.shape), 0.3).any(0)
+        assert torch.equal(count, torch.bincount(votes[inside], minlength=81))
+    twin = RegionEvidence(tower, processor, object_dino=OD, max_objects=3, mask_source="random")
+    for count, moved in zip(counts, twin.support(model, images)):  # fewer or as many tokens, placed elsewhere
+        assert int(moved.sum()) <= int(count.sum())
+    as_map = RegionEvidence(tower, processor, object_dino=OD, regions="map").support(model, images)
+    assert all(c.shape == (81,) for c in as_map)
+
+
 def test_oracle_masks_found_by_pixels(tmp_path):
     from pycocotools import mask as mask_utils
 
@@ -153,6 +189,7 @@ def test_oracle_masks_found_by_pixels(tmp_path):
     path.write_text(json.dumps(instances))
     oracle = OracleMasks(str(path))
     assert np.array_equal(oracle.mask(image), truth.astype(bool))
+    assert oracle.instance_masks(image).shape == (1, image.height, image.width)
     with pytest.raises(ValueError, match="not one of the annotated images"):
         oracle.mask(photos(2, seed=5)[1])
 
