@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-side", type=positive_int, default=448)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     group = p.add_argument_group("hallucination world (world-llava on a generated test or val world)")
-    group.add_argument("--world-images", type=nonnegative_int, default=8,
+    group.add_argument("--world-images", type=nonnegative_int, default=12,
                        help="test-world images (0: skip the world part)")
     group.add_argument("--world-seed", type=int, default=1)
     group.add_argument("--world-split", choices=["test", "val"], default="test",
@@ -322,9 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the region-token adapter (a `grounding fit` export folder) that region-tokens runs "
                             "(default: the built world-llava-regions, trained on world-llava)")
     group.add_argument("--methods", default=None,
-                       help="comma-separated (default: baseline,highlight,masked-contrast,vcd,region-tokens; "
-                            "without region-tokens under --world-model unless --world-regions gives the model's own "
-                            "adapter)")
+                       help="comma-separated (default: baseline,vcd,region-tokens,region-evidence,"
+                            "region-evidence@random,region-evidence@oracle; without region-tokens under --world-model "
+                            "unless --world-regions gives the model's own adapter)")
     group.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap draws for the 95%% intervals")
     group.add_argument("--retrain", action="store_true",
                        help="first rebuild the world-llava and region-token weights from scratch (see README)")

@@ -91,6 +91,15 @@ def test_penalty_lowers_yes_only_for_unsupported_objects(tower):
         penalty[0, tokenizer.convert_tokens_to_ids("cat")] == 3.0
         and penalty[0, tokenizer.convert_tokens_to_ids("bus")] == 3.0
     )
+    softer = RegionEvidence(tower, processor, task="caption", strength=3.0, caption_strength=1.5, object_dino=OD)
+    softer.support = method.support
+    penalty = softer.penalties(model, images[:1], ["please describe"], vocab)
+    assert penalty[0, tokenizer.convert_tokens_to_ids("cat")] == 1.5 and penalty[0, tokenizer.convert_tokens_to_ids("dog")] == 0
+    questions = RegionEvidence(tower, processor, strength=3.0, caption_strength=1.5, object_dino=OD)
+    questions.support = method.support
+    assert questions.penalties(model, images, QUESTIONS, vocab)[1, yes] == 3.0  # questions keep `strength`
+    with pytest.raises(ValueError, match="caption_strength"):
+        EvidenceConfig(caption_strength=-1.0)
 
 
 def test_reading_runs_once_per_image_for_all_its_questions(tower):
