@@ -61,7 +61,7 @@ def test_zero_strength_is_plain_greedy(tower, task):
     model, processor = make_tiny_llava()
     images = photos(3)
     plain = Baseline(processor=processor).generate(model, images, QUESTIONS, max_new_tokens=6, do_sample=False)
-    method = RegionEvidence(tower, processor, task=task, strength=0.0, object_dino=OD)
+    method = RegionEvidence(tower, processor, task=task, strength=0.0, caption_strength=0.0, object_dino=OD)
     assert method.generate(model, images, QUESTIONS, max_new_tokens=6, do_sample=False) == plain
     processor_ = EvidenceLogitsProcessor(torch.zeros(2, 10))
     scores = torch.randn(2, 10)
