@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,7 @@ __all__ = [
     "output_cache",
     "activation_checkpointing_enable",
     "is_activation_checkpointing",
+    "peft_quietly",
 ]
 
 TRANSFORMERS_MAJOR = int(version("transformers").split(".")[0])  # from the metadata: no transformers import
@@ -65,6 +68,15 @@ def is_activation_checkpointing(model) -> bool:
     if hasattr(type(model), "is_activation_checkpointing"):
         return model.is_activation_checkpointing
     return model.is_gradient_checkpointing
+
+
+@contextlib.contextmanager
+def peft_quietly():
+    """Within: peft's own read of the deprecated `is_gradient_checkpointing` (peft 0.19 on transformers 5.24) does
+    not print its FutureWarning. Scoped to the block (warnings.catch_warnings) and to that one message."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def register_attention_function(name: str, function) -> None:

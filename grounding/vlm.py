@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .compat import peft_quietly
 from .weights import (PROJECTOR_ATTRIBUTE, WeightsNotFoundError, lora_chain, missing_weights, resolve_weights,
                       saves_processor)
 
@@ -48,7 +49,8 @@ def load_vlm(name: str, dtype: str, device: str):
         from peft import PeftModel
 
         for adapter in adapters:
-            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+            with peft_quietly():
+                model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         model.eval()
         model.name_or_path = model.config.name_or_path = str(adapters[-1])
     return model, processor

@@ -16,6 +16,7 @@ import torch
 
 from .baseline import Baseline
 from .registry import register_method
+from ..compat import peft_quietly
 from ..region_tokens.modeling import RegionGrounding
 from ..weights import saves_processor
 
@@ -65,13 +66,15 @@ class RegionTokens:
             if (self.adapter / "lora").is_dir():
                 from peft import PeftModel
 
-                lora = PeftModel.from_pretrained(model, self.adapter / "lora").eval()  # injects in place
+                with peft_quietly():
+                    lora = PeftModel.from_pretrained(model, self.adapter / "lora").eval()  # injects in place
             self.bound_to = model
             yield self
         finally:
             self.bound_to = None
             if lora is not None:
-                lora.unload()  # removes the LoRA layers from `model`
+                with peft_quietly():
+                    lora.unload()  # removes the LoRA layers from `model`
             handle.detach()
 
     @torch.no_grad()

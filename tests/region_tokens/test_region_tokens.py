@@ -1,5 +1,7 @@
 """Region tokens on a tiny random LLaVA: exactness when off, token placement, generate(), save/load, detach."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -177,10 +179,13 @@ def test_region_tokens_method_binds_adapter_and_lora_then_restores_the_model(tow
     lora.save_pretrained(tmp_path / "adapter" / "lora")
 
     method = build_method("region-tokens", None, processor, adapter=str(tmp_path / "adapter"), task="question")
-    with method.bind(model):
-        with torch.no_grad():
-            bound = model(**encode(processor, imgs)).logits
-        answers = method.generate(model, imgs, ["is there a dog ?"] * 2, max_new_tokens=3, do_sample=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with method.bind(model):
+            with torch.no_grad():
+                bound = model(**encode(processor, imgs)).logits
+            answers = method.generate(model, imgs, ["is there a dog ?"] * 2, max_new_tokens=3, do_sample=False)
+    assert not [w for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]  # quiet: peft too
     assert bound.shape[1] == stock.shape[1] + 2 and len(answers) == 2
     assert processor.num_additional_image_tokens == 1 and not hasattr(model, "region_projector")
     assert not any("lora_" in n for n, _ in model.named_parameters())
