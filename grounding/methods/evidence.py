@@ -50,7 +50,7 @@ from ..objects.mask_source import MASK_SOURCES as OBJECT_MASK_SOURCES
 from ..objects.mask_source import (OracleMasks, check_mask_source, image_key, placement_seed, random_regions,
                                    region_cells)
 from ..objects.object_dino import ObjectDINO, ObjectDINOConfig
-from .registry import register_method
+from .registry import fixed_options, register_method
 
 __all__ = [
     "EvidenceConfig",
@@ -370,6 +370,8 @@ def _twin(source: str):
 
 
 for _source in ("random", "oracle", "none"):  # the ablation twins: `region-evidence@random`, ...
-    register_method(f"region-evidence@{_source}", needs_tower=_source == "random", options=EvidenceConfig)(
+    _name = f"region-evidence@{_source}"
+    register_method(_name, needs_tower=_source == "random", options=fixed_options(EvidenceConfig, _name,
+                                                                                    mask_source=_source))(
         _twin(_source)
     )
