@@ -167,15 +167,7 @@ class GroundedImageTextToTextPipeline(ImageTextToTextPipeline):
                       for im in images if im is not None]
             prompt = _last_user_text(inputs.messages)
         elif isinstance(inputs, dict) and inputs.get("images") is not None:
-            nested, images = load_images(inputs["images"], timeout=timeout), []
-            stack = [nested]
-            while stack:
-                node = stack.pop(0)
-                if isinstance(node, (list, tuple)):
-                    stack[:0] = list(node)
-                else:
-                    images.append(node)
-            prompt = inputs["text"]
+            images, prompt = _leaves(load_images(inputs["images"], timeout=timeout)), inputs["text"]
         else:
             images, prompt = [], ""
         if len(images) != 1:
@@ -284,6 +276,11 @@ def _check_left_padding(name: str, rows: dict) -> None:
         raise ValueError(f"the batched {name} are padded on the right; guided decoding (like generate() "
                          "for decoder-only models) needs left padding: set "
                          "pipe.processor.tokenizer.padding_side = 'left'")
+
+
+def _leaves(node) -> list:
+    """The images of a nested list of images, in order."""
+    return [leaf for item in node for leaf in _leaves(item)] if isinstance(node, (list, tuple)) else [node]
 
 
 def _last_user_text(messages: list[dict]) -> str:
