@@ -26,7 +26,10 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="VLM hub name or local directory (image-text-to-text)")
     parser.add_argument("--images", help="folder of the benchmark images (e.g. COCO val2014)")
     parser.add_argument("--methods", default="baseline",
-                        help="comma-separated: baseline,highlight,masked-contrast,vcd,region-tokens")
+                        help="comma-separated: baseline,highlight,masked-contrast,vcd,region-tokens,region-evidence; "
+                             "mask-source twins METHOD@random, METHOD@oracle (highlight, masked-contrast, "
+                             "region-evidence; @oracle: --method-options '{\"METHOD@oracle\": {\"oracle_instances\": "
+                             "\"FILE\"}}', default for chair: --annotations' instances_val2014.json)")
     parser.add_argument("--out", help="run folder")
     parser.add_argument("--tower", default="facebook/dinov2-with-registers-base", help="grounding tower (hub or dir)")
     parser.add_argument("--tower-short-side", type=positive_int, default=224)
@@ -87,6 +90,40 @@ def _method_options(text: str | None) -> dict:
     return options
 
 
+def _oracle_options(methods: str | list[str], options: dict, images: str, annotations: str | None) -> dict:
+    """`options` with what the methods that read ground-truth masks (mask_source oracle: the @oracle twins, or an
+    option) need from the command line: oracle_images defaults to --images (the items' own images), and
+    oracle_instances to --annotations' instances_val2014.json when there is one (chair); without it, an error that
+    says how to give it. Checked before any model loads."""
+    import dataclasses
+
+    from grounding.methods import METHODS, method_options
+
+    names = [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else list(methods)
+    options = {name: dict(values) for name, values in options.items()}
+    for name in names:
+        rule = method_options(name) if name in METHODS else None
+        if not (dataclasses.is_dataclass(rule) and isinstance(rule, type)):
+            continue
+        fields = {f.name: f for f in dataclasses.fields(rule)}
+        given = options.get(name, {})
+        if "mask_source" not in fields or given.get("mask_source", fields["mask_source"].default) != "oracle":
+            continue
+        instances = Path(annotations) / "instances_val2014.json" if annotations else None
+        if not given.get("oracle_instances"):
+            if instances is None or not instances.is_file():
+                raise ValueError(f"{name} reads ground-truth masks (mask_source oracle): give their COCO instances "
+                                 f"file with --method-options '{{\"{name}\": {{\"oracle_instances\": \"FILE\"}}}}' "
+                                 "(COCO's instances_val2014.json, a world's annotations/instances.json)")
+            given["oracle_instances"] = str(instances)
+        if not Path(given["oracle_instances"]).expanduser().is_file():
+            raise FileNotFoundError(f"--method-options {name}.oracle_instances: no such file: "
+                                    f"{given['oracle_instances']}")
+        given.setdefault("oracle_images", images)
+        options[name] = given
+    return options
+
+
 def run_config_from_args(args):
     from .runner import RunConfig
 
@@ -102,7 +139,9 @@ def run_config_from_args(args):
                      tower_short_side=args.tower_short_side, batch_size=args.batch_size,
                      max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
                      seed=args.seed, dtype=args.dtype, device=args.device, max_image_side=args.max_image_side or None,
-                     method_options=_method_options(args.method_options), overwrite=args.overwrite)
+                     method_options=_oracle_options(args.methods, _method_options(args.method_options), args.images,
+                                                    getattr(args, "annotations", None)),
+                     overwrite=args.overwrite)
 
 
 def _print_counts(method: str, metrics: dict) -> None:

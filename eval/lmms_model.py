@@ -9,14 +9,20 @@ Registered through lmms-eval's entry-point group `lmms_eval.models` (pyproject.t
 
 model_args (comma-separated key=value, lmms-eval's syntax):
     pretrained       VLM hub name or local directory (loaded as `grounding eval pope` loads it)
-    method           baseline | highlight | masked-contrast | vcd | region-tokens (default baseline)
-    tower            grounding tower for highlight / masked-contrast (default facebook/dinov2-with-registers-base)
+    method           baseline | highlight | masked-contrast | vcd | region-tokens | region-evidence, or a mask-source
+                     twin: highlight@random, masked-contrast@oracle, region-evidence@random, ... (default baseline)
+    tower            grounding tower for the methods that read Object-DINO maps (highlight, masked-contrast,
+                     region-evidence and their @random twins; default facebook/dinov2-with-registers-base)
     tower_short_side tower input short side (default 224)
     dtype, device    float32 / bfloat16 / float16; default device: accelerate's for this process
     batch_size       questions per generate() call
     seed             sampling seed, per batch as in `grounding eval pope`
     method_options   JSON of the method's options, e.g. '{"alpha":0.4,"object_dino":{"k":5}}'
-    anything else    one method option each: alpha=0.4, contrast=1.0, adapter=DIR (region-tokens), task=caption
+    anything else    one method option each: alpha=0.4, contrast=1.0, adapter=DIR (region-tokens), task=caption,
+                     strength=4 (region-evidence), mask_source=random, oracle_instances=FILE (the @oracle twins: a
+                     COCO instances file whose images are the task's images, unresized)
+
+The method's options are checked (`check_method_options`) before any model loads.
 
 Each request is one image and one prompt, answered by `method.generate(model, images, prompts, ...)` - the call
 `grounding eval pope` makes - so the answers equal that runner's for the same items, method and batches.
@@ -70,12 +76,16 @@ class GroundedVLM(lmms):
         super().__init__()
         from accelerate import PartialState
 
-        from grounding.methods import METHODS, build_method, needs_tower
+        from grounding.methods import METHODS, build_method, check_method_options, needs_tower
 
         from grounding.vlm import load_vlm
 
         if method not in METHODS:
             raise ValueError(f"grounded_vlm: unknown method={method!r}; choose from {sorted(METHODS)}")
+        options = _method_options(method_options, options)
+        if method != "baseline":
+            options.setdefault("task", "question")  # as the runner: the highlight templates for questions
+        check_method_options(method, options)  # a misspelled option, an oracle without its instances: before loading
         state = PartialState()
         self._rank, self._world_size = state.process_index, state.num_processes
         self._device = torch.device(device if device and state.num_processes == 1 else state.device)
@@ -88,9 +98,6 @@ class GroundedVLM(lmms):
 
             self.tower = RegisterViT.from_pretrained(str(tower), device=str(self._device),
                                                      preprocess={"short_side": int(tower_short_side)})
-        options = _method_options(method_options, options)
-        if method != "baseline":
-            options.setdefault("task", "question")  # as the runner: the highlight templates for questions
         self.method_name = method
         self.method = build_method(method, self.tower, self.processor, **options)
 

@@ -127,3 +127,47 @@ def test_the_entry_point_is_declared_in_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["entry-points"]["lmms_eval.models"] == {"grounded_vlm": "eval.lmms_model:manifest"}
     assert any(r.startswith("lmms-eval") for r in project["optional-dependencies"]["lmms"])
+
+
+@pytest.mark.parametrize("method", ["region-evidence", "region-evidence@random", "highlight@random"])
+def test_plugin_generate_until_runs_grounded_methods_and_twins(method, tiny_llava_dir, tiny_reg_dir, pope):
+    """The plugin's generate_until on lmms-eval requests (no lmms-eval run): the answers of the method's generate."""
+    from lmms_eval.api.instance import Instance
+
+    from eval.lmms_model import GroundedVLM
+    from grounding.methods import build_method
+
+    options = {"object_dino": {"k": 2, "restarts": 2}, "seed": 2}
+    if method.startswith("region-evidence"):
+        options["strength"] = 100.0
+    plugin = GroundedVLM(pretrained=tiny_llava_dir, method=method, tower=tiny_reg_dir, tower_short_side=32,
+                         device="cpu", batch_size=2, method_options=json.dumps(options))
+    rows = [json.loads(line) for line in (pope / "questions.jsonl").read_text().splitlines()][:4]
+    docs = {i: row for i, row in enumerate(rows)}
+    plugin.task_dict = {"pope_local": {"test": docs}}
+    image_token = plugin.processor.image_token
+
+    def visual(doc):
+        return [Image.open(pope / "images" / doc["image"]).convert("RGB")]
+
+    requests = [Instance(request_type="generate_until", idx=0,
+                         metadata={"task": "pope_local", "doc_id": i, "repeats": 1},
+                         arguments=(f"{image_token}\n{row['text']}", {"max_new_tokens": 5, "until": ["\n\n"]}, visual,
+                                    i, "pope_local", "test"))
+                for i, row in docs.items()]
+    answers = plugin.generate_until(requests)
+    reference = build_method(method, plugin.tower, plugin.processor, task="question", **options)
+    images = [visual(row)[0] for row in rows]
+    expected = []
+    for start in range(0, len(rows), 2):  # the plugin's batches of 2
+        expected += reference.generate(plugin.model, images[start:start + 2], [r["text"] for r in rows[start:start + 2]],
+                                       max_new_tokens=5, do_sample=False)
+    assert answers == expected
+    assert plugin.method.config.mask_source == ("random" if "@random" in method else "object-dino")
+
+
+def test_plugin_oracle_twin_needs_its_instances(tiny_llava_dir):
+    from eval.lmms_model import GroundedVLM
+
+    with pytest.raises(ValueError, match="needs oracle_instances"):
+        GroundedVLM(pretrained=tiny_llava_dir, method="highlight@oracle", device="cpu")

@@ -40,6 +40,13 @@ are the same as without it.
 
 VCD noise is drawn per image, from a seed derived from the image's pixels and `GuidanceConfig.seed`, so an
 image's noised branch does not depend on what it is batched with.
+
+Mask sources (`GuidanceConfig.mask_source`, highlight and masked-contrast; grounding/objects/mask_source.py): the map
+the branch image is drawn with is the Object-DINO object map (`object-dino`, the default: `region_maps` returns
+`object_maps` itself), its regions moved to random places with the same number and areas, seeded per image by its
+pixels and `seed` (`random`), or the ground-truth instance masks of `oracle_instances` (`oracle`, 1 inside, 0
+outside; no tower needed). Registered as the twins `highlight@random`, `highlight@oracle`, `masked-contrast@random`,
+`masked-contrast@oracle` (grounding/methods/guided.py).
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from .logits_process import BranchLogitsProcessor, PairedMixLogitsProcessor, che
 from .mixing import contrastive_mix, highlight_mix
 from .noise import image_key, noise_images
 from ..images import as_pil
+from ..objects.mask_source import MaskSource, check_mask_source
 from ..objects.object_dino import ObjectDINO, ObjectDINOConfig
 from .rows import stack_rows
 from .prefix_cache import PrefixCache, generate_new_tokens
@@ -81,9 +89,12 @@ class GuidanceConfig:
     beta: float = 0.1  # plausibility cut of the contrast modes
     task: Literal["question", "caption"] = "question"
     map_threshold: float = 0.5  # highlight / removal threshold on the upsampled object map
+    mask_source: Literal["object-dino", "random", "oracle"] = "object-dino"  # the map the branch is drawn with
+    oracle_instances: str | None = None  # oracle: a COCO instances file (a world's annotations/instances.json)
+    oracle_images: str | None = None  # oracle: its image folder (default: ../images beside annotations/)
     fill: Literal["mean", "blur"] = "mean"
     noise_step: int = 500
-    seed: int = 0
+    seed: int = 0  # vcd: the noise; random mask source: the placements (each with the image's pixels)
     cache_size: int = 256  # object maps kept per guide (the tower runs once per image)
     branches: Literal["auto", "separate", "joint"] = "auto"
     object_dino: ObjectDINOConfig = field(default_factory=ObjectDINOConfig)
@@ -99,6 +110,10 @@ class GuidanceConfig:
             raise ValueError(f"beta must be in (0, 1], got {self.beta}")
         if self.branches not in ("auto", "separate", "joint"):
             raise ValueError(f"branches must be auto, separate or joint, got {self.branches!r}")
+        check_mask_source(self.mask_source, self.oracle_instances)
+        if self.mode == "vcd" and self.mask_source != "object-dino":
+            raise ValueError(f"mode 'vcd' noises the whole image and reads no object map: mask_source "
+                             f"{self.mask_source!r} applies to highlight and masked-contrast only")
 
 
 class ObjectGuidance:
@@ -106,12 +121,17 @@ class ObjectGuidance:
 
     def __init__(self, tower=None, processor=None, config: GuidanceConfig | None = None, **overrides):
         self.config = config if config is not None else GuidanceConfig(**overrides)
-        if self.config.mode != "vcd" and tower is None:
-            raise ValueError(f"mode {self.config.mode!r} needs a grounding tower")
+        cfg = self.config
+        if cfg.mode != "vcd" and cfg.mask_source != "oracle" and tower is None:
+            raise ValueError(f"mode {cfg.mode!r} needs a grounding tower (mask_source {cfg.mask_source!r} reads "
+                             "Object-DINO maps)")
         self.tower = tower
         self.processor = processor
-        self.object_dino = ObjectDINO(self.config.object_dino)
+        self.object_dino = ObjectDINO(cfg.object_dino)
+        self.mask_source = MaskSource(cfg.mask_source, cfg.map_threshold, cfg.seed, cfg.oracle_instances,
+                                      cfg.oracle_images)
         self._maps: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._regions: OrderedDict[str, torch.Tensor] = OrderedDict()  # random / oracle maps, per image
         self._pending: dict[int, tuple[dict, weakref.ref]] = {}  # id(input_ids) -> (branch inputs, model)
         self.tower_calls = 0
         self.generation_settings: dict | None = None  # decoding settings of the last generate() call
@@ -150,6 +170,30 @@ class ObjectGuidance:
             self._maps.popitem(last=False)
         return found
 
+    def region_maps(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """(H, W) map of each image that its branch is drawn with, from the mask source: `object_maps(images)`
+        itself (object-dino), the Object-DINO regions moved at random (random) or the ground-truth masks (oracle,
+        no tower call). Kept per distinct image, as the object maps are."""
+        if self.mask_source.source == "object-dino":
+            return self.object_maps(images)
+        keys = [image_key(image) for image in images]
+        missing: dict[str, Image.Image] = {}
+        for key, image in zip(keys, images):
+            if key not in self._regions:
+                missing.setdefault(key, image)
+        todo = list(missing)
+        maps = (self.object_maps([missing[k] for k in todo]) if self.mask_source.needs_object_map
+                else [None] * len(todo))
+        computed = {key: self.mask_source.region_map(missing[key], m) for key, m in zip(todo, maps)}
+        self._regions.update(computed)
+        found = []
+        for key in keys:
+            self._regions.move_to_end(key)
+            found.append(self._regions[key])
+        while len(self._regions) > self.config.cache_size:
+            self._regions.popitem(last=False)
+        return found
+
     def prompt_texts(self, prompts: Sequence[str]) -> tuple[list[str], list[str]]:
         """(original-branch texts, branch texts) for user prompts: highlight wraps them in its two templates
         (questions) or replaces them (captions); the contrast modes use the prompts as they are."""
@@ -160,12 +204,12 @@ class ObjectGuidance:
 
     def branch_image(self, image: Image.Image, object_map: torch.Tensor | None = None) -> Image.Image:
         """The second branch's image: highlighted (highlight), objects removed (masked-contrast), or the image
-        itself (vcd: its pixels are noised after encoding, `noise_branch`). `object_map`: the image's map when the
-        caller has it already (one tower call for a batch, `object_maps`)."""
+        itself (vcd: its pixels are noised after encoding, `noise_branch`). `object_map`: the image's map from the
+        mask source when the caller has it already (one tower call for a batch, `region_maps`)."""
         cfg = self.config
         if cfg.mode == "vcd":
             return image
-        object_map = self.object_map(image) if object_map is None else object_map
+        object_map = self.region_maps([image])[0] if object_map is None else object_map
         if cfg.mode == "highlight":
             if cfg.task == "caption":
                 return jet_overlay(image, object_map)
@@ -179,7 +223,7 @@ class ObjectGuidance:
             raise ValueError(f"{len(images)} images vs {len(prompts)} prompts")
         pils = [as_pil(image) for image in images]
         original_texts, branch_texts = self.prompt_texts(prompts)
-        maps = self.object_maps(pils) if self.config.mode != "vcd" else [None] * len(pils)
+        maps = self.region_maps(pils) if self.config.mode != "vcd" else [None] * len(pils)
         drawn: dict[str, Image.Image] = {}
         branches = []
         for image, object_map in zip(pils, maps):

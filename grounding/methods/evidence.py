@@ -10,13 +10,13 @@ reads its evidence through the same context that carries that prior. This method
    tokens of " <name>", and " background"). Each image token votes for its nearest word: a logit lens at layer 0,
    one batched vision + projector forward for all the distinct images of a batch, cached per image so an image's
    questions share it. No prompt is read and no token of the question or the caption is seen.
-2. **Regions**: which image tokens count, from a mask source: `object-dino` (the default: Object-DINO's object
-   instances, `ObjectDINO.instances`, up to `max_objects`; with `regions="map"` the object map > `map_threshold`),
-   `random` (the same image's Object-DINO regions, each moved to a random place on the token grid, seeded per
-   image: the same number of regions and the same areas, placed at random), `oracle` (the ground-truth instance
-   masks of a COCO-format annotation file: COCO instances or a generated world) or `none` (every image token).
-   A region covers the token cells it covers at least `coverage` (`instance_cells`; a region smaller than that
-   keeps its best-covered cell).
+2. **Regions** (grounding/objects/mask_source.py): which image tokens count, from a mask source: `object-dino`
+   (the default: Object-DINO's object instances, `ObjectDINO.instances`, up to `max_objects`; with
+   `regions="map"` the object map > `map_threshold`), `random` (the same image's Object-DINO regions, each moved
+   to a random place on the token grid, seeded per image: the same number of regions and the same areas, placed at
+   random), `oracle` (the ground-truth instance masks of a COCO-format annotation file: COCO instances or a
+   generated world) or `none` (every image token). A region covers the token cells it covers at least
+   `coverage` (`instance_cells`; a region smaller than that keeps its best-covered cell).
 3. **Support** of a category: the number of image tokens inside the regions that vote for it.
 4. **Decoding** (`EvidenceLogitsProcessor`): a fixed (B, V) penalty subtracted from the logits at every step.
    Questions ("Is there a knife in the image?"): the object asked about is found in the prompt (CHAIR synonyms);
@@ -33,8 +33,6 @@ resize; Qwen2-VL's merged patches with `image_grid_thw`). Measured in docs/bench
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -51,11 +49,13 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from ..decoding.chat import encode_chat
 from ..decoding.prefix_cache import PrefixCache, generate_new_tokens
 from ..decoding.sampling import sampling_settings, with_reference_sampling
-from ..images import as_pil, load_image
+from ..images import as_pil
 from ..objects.instance_registry import instance_pixel_masks
+from ..objects.mask_source import MASK_SOURCES as OBJECT_MASK_SOURCES
+from ..objects.mask_source import (OracleMasks, check_mask_source, image_key, instance_cells, placement_seed,
+                                   random_regions, region_cells)
 from ..objects.object_dino import ObjectDINO, ObjectDINOConfig
-from ..objects.regions import connected_components
-from .registry import register_method
+from .registry import fixed_options, register_method
 
 __all__ = [
     "EvidenceConfig",
@@ -69,7 +69,7 @@ __all__ = [
     "MASK_SOURCES",
 ]
 
-MASK_SOURCES = ("object-dino", "random", "oracle", "none")
+MASK_SOURCES = (*OBJECT_MASK_SOURCES, "none")  # object-dino, random, oracle (grounding/objects/mask_source.py), none
 _SYNONYMS = Path(__file__).resolve().parents[2] / "eval" / "data" / "chair" / "synonyms.txt"  # the CHAIR table
 
 
@@ -106,8 +106,7 @@ class EvidenceConfig:
             raise ValueError(f"regions must be 'instances' or 'map', got {self.regions!r}")
         if self.max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
-        if self.mask_source not in MASK_SOURCES:
-            raise ValueError(f"mask_source must be one of {', '.join(MASK_SOURCES)}, got {self.mask_source!r}")
+        check_mask_source(self.mask_source, self.oracle_instances, MASK_SOURCES)
         if self.task not in ("question", "caption"):
             raise ValueError(f"task must be 'question' or 'caption', got {self.task!r}")
         if self.strength < 0:
@@ -118,15 +117,6 @@ class EvidenceConfig:
             raise ValueError(f"min_support must be >= 1, got {self.min_support}")
         if not 0.0 < self.coverage <= 1.0:
             raise ValueError(f"coverage must be in (0, 1], got {self.coverage}")
-        if self.mask_source == "oracle" and not self.oracle_instances:
-            raise ValueError(
-                "mask_source 'oracle' needs oracle_instances: a COCO instances file with the images' "
-                "ground-truth masks (a world's annotations/instances.json)"
-            )
-
-
-def _image_key(image: Image.Image) -> str:
-    return hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------ the vocabulary of object words
@@ -237,86 +227,6 @@ def image_token_reading(
 
 
 # ------------------------------------------------------------------ 2. regions on the token grid
-def region_cells(mask: torch.Tensor | np.ndarray, shape: tuple[int, int], coverage: float) -> torch.Tensor:
-    """(H, W) pixel mask over the whole image -> (rows, cols) bool: cells covered at least `coverage`."""
-    mask = torch.as_tensor(np.asarray(mask), dtype=torch.float32)[None, None]
-    cells = F.adaptive_avg_pool2d(mask, shape)[0, 0]  # fraction of each cell covered
-    return cells >= coverage
-
-
-def instance_cells(masks: torch.Tensor | np.ndarray, shape: tuple[int, int], coverage: float) -> torch.Tensor:
-    """(K, H, W) pixel masks of K regions -> (K, rows, cols) bool cells: each region's cells covered at least
-    `coverage`, or, for a region smaller than that, its best-covered cell (a small object keeps one cell)."""
-    masks = torch.as_tensor(np.asarray(masks), dtype=torch.float32)
-    if masks.shape[0] == 0:
-        return torch.zeros(0, *shape, dtype=torch.bool)
-    cover = F.adaptive_avg_pool2d(masks[:, None], shape)[:, 0]  # (K, rows, cols) covered fraction
-    best = cover.flatten(1).amax(1)[:, None, None]  # (K, 1, 1)
-    return (cover >= coverage) | ((cover >= best) & (best > 0))
-
-
-def random_regions(cells: torch.Tensor, seed: int) -> torch.Tensor:
-    """The connected regions of `cells` (bool grid), each moved to a random place on the grid (its shape and area
-    kept, inside the grid): the same number of regions and the same areas as the given ones, placed at random."""
-    labels = connected_components(cells)
-    generator = np.random.default_rng(seed)
-    rows, cols = cells.shape
-    out = torch.zeros_like(cells)
-    for label in range(1, int(labels.max()) + 1):
-        ys, xs = torch.nonzero(labels == label, as_tuple=True)
-        height, width = int(ys.max() - ys.min()) + 1, int(xs.max() - xs.min()) + 1
-        top = int(generator.integers(0, rows - height + 1))
-        left = int(generator.integers(0, cols - width + 1))
-        out[ys - ys.min() + top, xs - xs.min() + left] = True
-    return out
-
-
-class OracleMasks:
-    """Ground-truth masks of a COCO instances file, found by the pixels of an image (an image seen by a method
-    has no file name): the file's images are read once and indexed by content."""
-
-    def __init__(self, instances: str, images: str | None = None):
-        from pycocotools import mask as mask_utils
-
-        self._decode = mask_utils
-        data = json.loads(Path(instances).expanduser().read_text())
-        folder = Path(images).expanduser() if images else Path(instances).expanduser().parent.parent / "images"
-        self.annotations: dict[int, list] = {}
-        for ann in data["annotations"]:
-            self.annotations.setdefault(ann["image_id"], []).append(ann)
-        self.index = {}
-        for info in data["images"]:
-            path = folder / info["file_name"]
-            if path.is_file():
-                self.index[_image_key(load_image(path))] = info
-        if not self.index:
-            raise ValueError(f"oracle masks: none of the images of {instances} is in {folder}")
-
-    def mask(self, image: Image.Image) -> np.ndarray:
-        """(H, W) bool: the union of the image's instance masks."""
-        found = self.instance_masks(image)
-        return found.any(0) if len(found) else np.zeros(found.shape[1:], dtype=bool)
-
-    def instance_masks(self, image: Image.Image) -> np.ndarray:
-        """(K, H, W) bool: one mask per annotated instance of the image."""
-        info = self.index.get(_image_key(image))
-        if info is None:
-            raise ValueError(
-                "oracle masks: this image is not one of the annotated images (the oracle mask source "
-                "only runs on the images of its instances file, unresized)"
-            )
-        masks = [np.zeros((info["height"], info["width"]), dtype=bool)]  # the first: a shape for no instances
-        for ann in self.annotations.get(info["id"], []):
-            segmentation = ann["segmentation"]
-            if isinstance(segmentation, list):  # polygons
-                rles = self._decode.frPyObjects(segmentation, info["height"], info["width"])
-                segmentation = self._decode.merge(rles)
-            elif isinstance(segmentation.get("counts"), list):
-                segmentation = self._decode.frPyObjects(segmentation, info["height"], info["width"])
-            masks.append(self._decode.decode(segmentation).astype(bool))
-        return np.stack(masks)[1:]
-
-
 # ------------------------------------------------------------------ 3-4. support and the logits processor
 class EvidenceLogitsProcessor(LogitsProcessor):
     """scores - penalty, with a fixed (B, V) penalty (0 where the evidence says nothing)."""
@@ -402,7 +312,7 @@ class RegionEvidence:
         """Per image, (1 + C,) the number of region tokens voting for background and each category. The distinct
         images not cached yet are read in one batched forward."""
         words, _, _ = self._word_table(model)
-        keys = [_image_key(image) for image in images]
+        keys = [image_key(image) for image in images]
         missing: dict[str, Image.Image] = {}
         for key, image in zip(keys, images):
             if key not in self._evidence:
@@ -432,7 +342,7 @@ class RegionEvidence:
             else:
                 cells = region_cells(masks[0], tuple(votes.shape), cfg.coverage)[None]
             if cfg.mask_source == "random":  # each region moved: seeded by the image and the region's rank
-                seed = int(hashlib.sha1(f"{cfg.seed}:{key}".encode()).hexdigest()[:15], 16)
+                seed = placement_seed(cfg.seed, key)
                 cells = torch.stack([random_regions(c, seed + i) for i, c in enumerate(cells)]) if len(cells) else cells
             inside = cells.any(0) if len(cells) else torch.zeros_like(votes, dtype=torch.bool)
         return torch.bincount(votes[inside].flatten(), minlength=size)
@@ -497,6 +407,8 @@ def _twin(source: str):
 
 
 for _source in ("random", "oracle", "none"):  # the ablation twins: `region-evidence@random`, ...
-    register_method(f"region-evidence@{_source}", needs_tower=_source == "random", options=EvidenceConfig)(
+    _name = f"region-evidence@{_source}"
+    register_method(_name, needs_tower=_source == "random", options=fixed_options(EvidenceConfig, _name,
+                                                                                    mask_source=_source))(
         _twin(_source)
     )

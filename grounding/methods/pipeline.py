@@ -1,14 +1,20 @@
 """Grounded decoding inside transformers' `pipeline("image-text-to-text")`.
 
 `GroundedImageTextToTextPipeline` is the stock `ImageTextToTextPipeline` plus a grounding method
-(`grounding.methods`: "baseline", "highlight", "masked-contrast", "vcd", "region-tokens", or a method object).
-It changes nothing global and hooks in only where a pipeline subclass is meant to:
+(`grounding.methods`: "baseline", "highlight", "masked-contrast", "vcd", "region-tokens", "region-evidence", their
+mask-source twins such as "highlight@random", or a method object). It changes nothing global and hooks in only where
+a pipeline subclass is meant to. A method runs through one of three seams: a branch method has `generate_encoded`,
+a model-binding method has `bind(model)`, a logits-processor method has `logits_processor(model, images, prompts)`.
 
 * `preprocess`: the stock preprocess encodes the caller's input as usual; for a branch method (highlight,
   masked-contrast, vcd) it also encodes the second branch - the same chat or prompt with each image replaced by
   `guide.branch_image(image)` (and, for highlight, the last user text in the method's two templates).
+  For a logits-processor method (region-evidence) it keeps each item's image and prompt beside the stock inputs.
 * `_forward`: calls `guide.generate_encoded(model, inputs, branch, **generate_kwargs)` instead of
   `model.generate(**inputs, **generate_kwargs)` (joint 2B batch for greedy, a branch logits processor otherwise).
+  A logits-processor method: the stock `model.generate(**inputs, **generate_kwargs)` with
+  `logits_processor=[method.logits_processor(model, images, prompts), *the caller's]` (the batch's rows in order),
+  which is what the method's own `generate` runs, so the answers are its answers.
 * `__call__`: a model-binding method (region-tokens) is attached for the call and detached after it
   (`method.bind(model)`); `pipe.bound()` keeps it attached across calls.
 * `postprocess` is the stock one, so outputs have the stock format (`return_full_text`, `return_tensors`, chats).
@@ -25,7 +31,8 @@ exactly the stock pipeline's.
 
 Inputs: chats (the prompt is the last text of the last user turn) and `images=` + `text=` prompts that already
 hold the image tokens (the stock raw form; both branches use the text as given, so highlight only changes the
-image there). Batching (`batch_size=`) needs left padding, as generate() does for decoder-only models.
+image there; a logits-processor method reads that text as its prompt). A logits-processor method takes one image
+per input. Batching (`batch_size=`) needs left padding, as generate() does for decoder-only models.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from transformers import AutoModelForImageTextToText, ImageTextToTextPipeline
+from transformers import AutoModelForImageTextToText, ImageTextToTextPipeline, LogitsProcessorList
 from transformers.image_utils import load_image as load_pipeline_image
 from transformers.image_utils import load_images
 from transformers.pipelines import PIPELINE_REGISTRY
@@ -46,12 +53,14 @@ from ..tower.backbone import RegisterViT
 from .baseline import Baseline
 from .registry import build_method, needs_tower
 from ..decoding.rows import stack_rows
+from ..decoding.sampling import sampling_settings, with_reference_sampling
 
 __all__ = ["GroundedImageTextToTextPipeline", "grounded_pipeline", "register_grounded_pipeline",
            "PipelineRegistration", "TASK"]
 
 TASK = "grounded-image-text-to-text"
 BRANCH_KEY = "grounding_branch"  # preprocess -> _forward: the branch rows (a dict; a list of dicts when batched)
+ROWS_KEY = "grounding_rows"  # preprocess -> _forward: {"image", "prompt"} of a logits-processor method's input
 IMAGE_KEYS = ("image", "url", "path", "base64")  # where a chat's image block holds its image (transformers' keys)
 
 
@@ -82,9 +91,11 @@ class GroundedImageTextToTextPipeline(ImageTextToTextPipeline):
         self.method = method
         self._guide = method if hasattr(method, "generate_encoded") else None
         self._binds = self._guide is None and hasattr(method, "bind")
-        if self._guide is None and not self._binds and not isinstance(method, Baseline):
-            raise TypeError(f"{type(method).__name__} is neither a branch method (generate_encoded) nor a "
-                            "model-binding method (bind(model)); the pipeline cannot run it")
+        self._processes = self._guide is None and not self._binds and hasattr(method, "logits_processor")
+        if self._guide is None and not self._binds and not self._processes and not isinstance(method, Baseline):
+            raise TypeError(f"{type(method).__name__} is neither a branch method (generate_encoded), a "
+                            "model-binding method (bind(model)) nor a logits-processor method "
+                            "(logits_processor(model, images, prompts)); the pipeline cannot run it")
 
     # ------------------------------------------------------------------ parameters
     def _sanitize_parameters(self, grounding: bool | None = None, **kwargs):
@@ -120,8 +131,13 @@ class GroundedImageTextToTextPipeline(ImageTextToTextPipeline):
             return super(GroundedImageTextToTextPipeline, self).preprocess(
                 item, timeout=timeout, continue_final_message=continue_final_message, **dict(processing_kwargs))
 
-        if self._guide is None or not grounding:
+        if not grounding or (self._guide is None and not self._processes):
             return stock(inputs)
+        if self._processes:
+            images, prompt = self._image_and_prompt(inputs, timeout)
+            model_inputs = stock(inputs)
+            model_inputs[ROWS_KEY] = {"image": images[0], "prompt": prompt}
+            return model_inputs
         if isinstance(inputs, Chat):
             original, branch, branch_images = self._chat_branches(inputs, timeout)
             model_inputs, branch_inputs = stock(Chat(original)), stock(Chat(branch))
@@ -140,6 +156,26 @@ class GroundedImageTextToTextPipeline(ImageTextToTextPipeline):
         self._guide.noise_branch(branch_inputs, branch_images)
         model_inputs[BRANCH_KEY] = dict(branch_inputs)
         return model_inputs
+
+    def _image_and_prompt(self, inputs, timeout) -> tuple[list, str]:
+        """A logits-processor method's view of one input: ([its one image, as PIL], the prompt): a chat's last text
+        of its last user turn, or the raw form's text as given."""
+        if isinstance(inputs, Chat):
+            images = [_image_source(block) for message in inputs.messages
+                      if not isinstance(message.get("content"), str) for block in message.get("content") or []]
+            images = [load_pipeline_image(im, timeout=timeout) if isinstance(im, str) else im
+                      for im in images if im is not None]
+            prompt = _last_user_text(inputs.messages)
+        elif isinstance(inputs, dict) and inputs.get("images") is not None:
+            images, prompt = _leaves(load_images(inputs["images"], timeout=timeout)), inputs["text"]
+        else:
+            images, prompt = [], ""
+        if len(images) != 1:
+            raise ValueError(f"{type(self.method).__name__} reads one image per prompt; this input has "
+                             f"{len(images)}" + ("" if images else " (call with grounding=False for text-only inputs)"))
+        if not isinstance(prompt, str):
+            raise ValueError(f"{type(self.method).__name__} needs one text prompt per image, got {prompt!r}")
+        return [as_pil(images[0])], prompt
 
     def _branch_of(self, image) -> Any:
         return self._guide.branch_image(as_pil(image))
@@ -198,6 +234,9 @@ class GroundedImageTextToTextPipeline(ImageTextToTextPipeline):
 
     # ------------------------------------------------------------------ forward: guided generate
     def _forward(self, model_inputs, generate_kwargs=None):
+        rows = model_inputs.pop(ROWS_KEY, None)
+        if rows is not None:
+            return self._forward_processed(model_inputs, rows, generate_kwargs)
         branch = model_inputs.pop(BRANCH_KEY, None)
         if branch is None:
             return super()._forward(model_inputs, generate_kwargs)
@@ -206,14 +245,55 @@ class GroundedImageTextToTextPipeline(ImageTextToTextPipeline):
         prompt_text = model_inputs.pop("text")
         inputs = dict(model_inputs)
         for name, rows in (("inputs", inputs), ("branch", branch)):
-            mask = rows.get("attention_mask")
-            if mask is not None and mask.shape[0] > 1 and not bool(mask[:, -1].all()):
-                raise ValueError(f"the batched {name} are padded on the right; guided decoding (like generate() "
-                                 "for decoder-only models) needs left padding: set "
-                                 "pipe.processor.tokenizer.padding_side = 'left'")
+            _check_left_padding(name, rows)
         generate_kwargs = self._prepare_generate_kwargs(dict(generate_kwargs or {}), return_dict_in_generate=False)
         sequence = self._guide.generate_encoded(self.model, inputs, branch, **generate_kwargs)  # (B, T + S)
         return {"generated_sequence": sequence, "prompt_text": prompt_text, "input_ids": inputs["input_ids"]}
+
+
+    def _forward_processed(self, model_inputs, rows, generate_kwargs=None):
+        """The stock forward with the method's logits processor first in generate()'s list (module doc)."""
+        rows = [rows] if isinstance(rows, dict) else rows  # batch_size > 1: one dict per row, in the batch's order
+        _check_left_padding("inputs", model_inputs)
+        prompt_text = model_inputs.pop("text")
+        generate_kwargs = self._prepare_generate_kwargs(dict(generate_kwargs or {}), return_dict_in_generate=False)
+        generate_kwargs = with_reference_sampling(self.model, generate_kwargs)  # the method's own sampling defaults
+        user_processors = list(generate_kwargs.pop("logits_processor", None) or [])
+        if hasattr(self.method, "generation_settings"):
+            self.method.generation_settings = sampling_settings(generate_kwargs, self.model)
+        processor = self.method.logits_processor(self.model, [row["image"] for row in rows],
+                                                 [row["prompt"] for row in rows])
+        input_ids = model_inputs["input_ids"]
+        sequence = self.model.generate(**model_inputs, logits_processor=LogitsProcessorList([processor,
+                                                                                            *user_processors]),
+                                       **generate_kwargs)  # (B, T + S)
+        return {"generated_sequence": sequence, "prompt_text": prompt_text, "input_ids": input_ids}
+
+
+def _check_left_padding(name: str, rows: dict) -> None:
+    mask = rows.get("attention_mask")
+    if mask is not None and mask.shape[0] > 1 and not bool(mask[:, -1].all()):
+        raise ValueError(f"the batched {name} are padded on the right; guided decoding (like generate() "
+                         "for decoder-only models) needs left padding: set "
+                         "pipe.processor.tokenizer.padding_side = 'left'")
+
+
+def _leaves(node) -> list:
+    """The images of a nested list of images, in order."""
+    return [leaf for item in node for leaf in _leaves(item)] if isinstance(node, (list, tuple)) else [node]
+
+
+def _last_user_text(messages: list[dict]) -> str:
+    """The last text of the last user turn of a chat ("" when it has none)."""
+    for message in reversed(messages):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        texts = [block.get("text", "") for block in content or [] if block.get("type") == "text"]
+        return texts[-1] if texts else ""
+    return ""
 
 
 def _image_source(block: dict) -> Any:

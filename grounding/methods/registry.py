@@ -9,6 +9,10 @@ Every built-in method samples from the full softmax unless top_k / top_p are giv
 sets `method.generation_settings` to the decoding settings its last generate() call used;
 `sampling_settings(generate_kwargs, model)` gives the same record before a call.
 
+Variants of one method with some options fixed (the mask-source twins `highlight@random`, `region-evidence@oracle`,
+...) register `fixed_options(Config, name, mask_source="random")`: the config with those fields fixed, so the checks
+and the recorded options see the variant's values.
+
 `check_method_options(name, options)` validates a method's options before any model loads: unknown names,
 wrong types and bad values are a ValueError that names the option and what it takes. A method registers what
 it takes with `register_method(..., options=...)`: a config dataclass (its fields, typed) or a set of names.
@@ -25,7 +29,8 @@ import types
 import typing
 from collections.abc import Callable
 
-__all__ = ["METHODS", "register_method", "build_method", "needs_tower", "check_method_options", "method_options"]
+__all__ = ["METHODS", "register_method", "build_method", "needs_tower", "check_method_options", "method_options",
+           "fixed_options"]
 
 METHODS: dict[str, Callable] = {}
 _NEEDS_TOWER: set[str] = set()
@@ -99,6 +104,34 @@ def _check_dataclass(cls, options: dict, where: str, skip: tuple[str, ...] = ())
         cls(**{k: (v if not dataclasses.is_dataclass(hints[k]) else hints[k](**v)) for k, v in options.items()})
     except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: {error}") from None
+
+
+def fixed_options(config: type, name: str, **fixed) -> type:
+    """A subclass of the config dataclass `config` in which each field of `fixed` defaults to its value and takes no
+    other: what a variant of a method registers as its options (`highlight@random`: `mask_source="random"`). So
+    `check_method_options` refuses another value ("... must be one of 'random'") and what the fixed value needs
+    (`oracle` without `oracle_instances`) before any model loads, and `effective_options` records the variant's
+    value."""
+    if not (dataclasses.is_dataclass(config) and isinstance(config, type)):
+        raise TypeError(f"fixed_options takes a config dataclass, got {config!r}")
+    names = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(fixed) - names)
+    if unknown:
+        raise ValueError(f"{name}: {config.__name__} has no field(s) {', '.join(map(repr, unknown))}")
+    base_post_init = getattr(config, "__post_init__", None)
+
+    def __post_init__(self):
+        for key, value in fixed.items():
+            if getattr(self, key) != value:
+                raise ValueError(f"{name} runs {key} {value!r}, not {getattr(self, key)!r}")
+        if base_post_init is not None:
+            base_post_init(self)
+
+    fields = [(key, typing.Literal[value], dataclasses.field(default=value)) for key, value in fixed.items()]
+    variant = dataclasses.make_dataclass(config.__name__, fields, bases=(config,),
+                                         namespace={"__post_init__": __post_init__})
+    variant.__module__, variant.__qualname__ = config.__module__, f"{config.__qualname__}[{name}]"
+    return variant
 
 
 def check_method_options(name: str, options: dict) -> None:

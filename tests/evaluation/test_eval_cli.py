@@ -164,3 +164,46 @@ def test_missing_vlm_gives_clear_error(tmp_path, coco, questions, capsys):
     code = main(["eval", "pope", "--model", str(tmp_path / "no_model"), "--images", str(coco / "val2014"),
                  "--questions", str(questions), "--out", str(tmp_path / "o"), "--device", "cpu"])
     assert code == 2 and "cannot load VLM" in capsys.readouterr().err
+
+
+def test_pope_runs_the_mask_source_twins(vlm_dir, tiny_reg_dir, coco, questions, tmp_path, capsys):
+    """`--methods highlight@random,...`: the twins run through the CLI like any method; @oracle reads the images of
+    --images unless told otherwise, and without oracle_instances it is refused before any model loads."""
+    from pycocotools import mask as mask_utils
+
+    common = ["--images", str(coco / "val2014"), "--questions", str(questions), "--tower", tiny_reg_dir,
+              "--tower-short-side", "32", "--batch-size", "4", "--device", "cpu", "--max-new-tokens", "3"]
+    code = main(["eval", "pope", "--model", str(tmp_path / "no_model"), "--methods", "baseline,highlight@oracle",
+                 "--out", str(tmp_path / "refused"), *common])
+    error = capsys.readouterr().err
+    assert code == 2 and "highlight@oracle reads ground-truth masks" in error and "oracle_instances" in error
+    assert "cannot load VLM" not in error  # refused before the model
+
+    instances = json.loads((coco / "annotations" / "instances_val2014.json").read_text())
+    for ann in instances["annotations"]:  # the fixture's boxes as masks
+        info = next(im for im in instances["images"] if im["id"] == ann["image_id"])
+        truth = np.zeros((info["height"], info["width"]), dtype=np.uint8)
+        x, y, w, h = ann["bbox"]
+        truth[y : y + h, x : x + w] = 1
+        rle = mask_utils.encode(np.asfortranarray(truth))
+        ann["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
+    (tmp_path / "instances.json").write_text(json.dumps(instances))
+    twins = ["highlight@random", "masked-contrast@oracle", "region-evidence@random"]
+    options = {name: {"object_dino": {"k": 2, "restarts": 2}} for name in twins}
+    options["masked-contrast@oracle"] = {"oracle_instances": str(tmp_path / "instances.json")}
+    out = tmp_path / "pope"
+    assert main(["eval", "pope", "--model", vlm_dir, "--methods", ",".join(twins), "--out", str(out),
+                 "--method-options", json.dumps(options), *common]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["results"]) == set(twins) and all(m["questions"] == 24 for m in metrics["results"].values())
+    settings = {name: json.loads((out / name / "settings.json").read_text())["settings"]["options"] for name in twins}
+    assert settings["highlight@random"]["mask_source"] == "random"
+    assert settings["region-evidence@random"]["mask_source"] == "random"
+    assert settings["masked-contrast@oracle"]["mask_source"] == "oracle"
+    from eval.hallucination_cli import _oracle_options
+
+    given = _oracle_options(",".join(twins), options, str(coco / "val2014"), None)
+    assert given["masked-contrast@oracle"]["oracle_images"] == str(coco / "val2014")  # --images by default
+    assert given["highlight@random"] == options["highlight@random"]  # the others as given
+    chair_default = _oracle_options(["highlight@oracle"], {}, "imgs", str(coco / "annotations"))  # chair's folder
+    assert chair_default["highlight@oracle"]["oracle_instances"] == str(coco / "annotations" / "instances_val2014.json")

@@ -82,7 +82,7 @@ def test_penalty_lowers_yes_only_for_unsupported_objects(tower):
     assert penalty[0].abs().sum() == 0  # dog: seen
     assert penalty[1, yes] == 3.0 and penalty[2, yes] == 3.0  # bus, cat: no region votes for them
     assert (penalty[1] != 0).sum() == 1
-    captions = RegionEvidence(tower, processor, task="caption", strength=3.0, object_dino=OD)
+    captions = RegionEvidence(tower, processor, task="caption", strength=3.0, caption_strength=None, object_dino=OD)
     captions.support = method.support
     penalty = captions.penalties(model, images[:1], ["please describe"], vocab)
     tokenizer = processor.tokenizer

@@ -199,3 +199,55 @@ def test_stack_rows_left_pads_tokens_and_tiles():
         stack_rows([a, {"input_ids": b["input_ids"]}], pad_token_id=0)
     with pytest.raises(ValueError, match="cannot stack 'pixel_values'"):
         stack_rows([{"pixel_values": torch.ones(1, 3, 4, 4)}, {"pixel_values": torch.ones(1, 3, 8, 8)}], 0)
+
+
+@pytest.mark.parametrize("task", ["question", "caption"])
+def test_region_evidence_equals_its_generate(task, tower):
+    """region-evidence runs through the logits-processor seam: the stock generate() with the method's processor."""
+    from grounding.methods import RegionEvidence
+
+    model, processor = make_tiny_llava()
+    processor.tokenizer.padding_side = "left"
+    images = photos(3)
+    questions = QUESTIONS + ["is there a cat ?"]
+    options = {"object_dino": OD, "strength": 100.0, "task": task}
+    expected = RegionEvidence(tower, processor, **options).generate(model, images, questions, max_new_tokens=6)
+    pipe = grounded_pipeline(model, processor, method="region-evidence", tower=tower, method_options=options)
+    assert texts(pipe(text=chats(images, questions), max_new_tokens=6, return_full_text=False)) == expected
+    batched = pipe(text=chats(images, questions), max_new_tokens=6, return_full_text=False, batch_size=3)
+    assert texts(batched) == expected
+    assert pipe.method.generation_settings["do_sample"] is False
+    if task == "caption":  # strength 100 on unsupported objects' words: the answers change
+        plain = build_method("baseline", processor=processor).generate(model, images, questions, max_new_tokens=6)
+        assert expected != plain, "region evidence changed no answer: the test would prove nothing"
+    # the raw form reads its text as the prompt: same object asked, same answer as the chat
+    prompt = processor.apply_chat_template(chats([None], questions[:1])[0], add_generation_prompt=True)
+    raw = pipe(images=images[0], text=prompt, max_new_tokens=6, return_full_text=False)
+    assert raw[0]["generated_text"].strip() == expected[0]
+    # grounding off: the stock pipeline exactly
+    stock = pipeline("image-text-to-text", model=model, processor=processor)
+    assert (pipe(text=chats(images, questions), max_new_tokens=6, grounding=False)
+            == stock(text=chats(images, questions), max_new_tokens=6))
+    # sampling: the method's full-softmax defaults, the same draws as its generate
+    method = RegionEvidence(tower, processor, **options)
+    torch.manual_seed(3)
+    sampled = pipe(text=chats(images[:1], questions[:1])[0], max_new_tokens=5, return_full_text=False,
+                   generate_kwargs={"do_sample": True, "temperature": 0.9})[0]["generated_text"].strip()
+    assert pipe.method.generation_settings["top_k"] == 0
+    torch.manual_seed(3)
+    assert [sampled] == method.generate(model, images[:1], questions[:1], max_new_tokens=5, do_sample=True,
+                                        temperature=0.9)
+    with pytest.raises(ValueError, match="one image per prompt; this input has 0"):
+        pipe(text=[{"role": "user", "content": [{"type": "text", "text": "is there a dog ?"}]}], max_new_tokens=3)
+
+
+@pytest.mark.parametrize("name", ["highlight@random", "masked-contrast@random", "region-evidence@random"])
+def test_mask_source_twins_run_through_the_pipeline(name, tower):
+    model, processor = make_tiny_llava()
+    processor.tokenizer.padding_side = "left"
+    images = photos(2)
+    options = {"object_dino": OD, "seed": 4}
+    expected = build_method(name, tower, processor, **options).generate(model, images, QUESTIONS, max_new_tokens=5)
+    pipe = grounded_pipeline(model, processor, method=name, tower=tower, method_options=options)
+    assert pipe.method.config.mask_source == "random"
+    assert texts(pipe(text=chats(images, QUESTIONS), max_new_tokens=5, return_full_text=False)) == expected
