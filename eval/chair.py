@@ -32,7 +32,7 @@ _TOKEN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*|'[a-z]+|[^\sa-z0-9]")
 
 
 def _data(name: str) -> Path:
-    return Path(str(resources.files("eval") / "data" / "chair" / name))
+    return Path(str(resources.files("grounding") / "data" / "chair" / name))
 
 
 @dataclass

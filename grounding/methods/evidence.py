@@ -34,6 +34,7 @@ resize; Qwen2-VL's merged patches with `image_grid_thw`). Measured in docs/bench
 from __future__ import annotations
 
 import re
+from importlib import resources
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ __all__ = [
 ]
 
 MASK_SOURCES = (*OBJECT_MASK_SOURCES, "none")  # object-dino, random, oracle (grounding/objects/mask_source.py), none
-_SYNONYMS = Path(__file__).resolve().parents[2] / "eval" / "data" / "chair" / "synonyms.txt"  # the CHAIR table
+_SYNONYMS = Path(str(resources.files("grounding") / "data" / "chair" / "synonyms.txt"))  # the CHAIR table
 
 
 @dataclass

@@ -38,8 +38,8 @@ puppy puppies kitten kittens calf calves lamb lambs""".split()
 
 def main():
     module = load()
-    synonyms = [line.strip().split(", ") for line in (HERE.parents[1] / "eval/data/chair/synonyms.txt").open()]
-    doubles = json.loads((HERE.parents[1] / "eval/data/chair/double_words.json").read_text())
+    synonyms = [line.strip().split(", ") for line in (HERE.parents[1] / "grounding/data/chair/synonyms.txt").open()]
+    doubles = json.loads((HERE.parents[1] / "grounding/data/chair/double_words.json").read_text())
     words = {w for line in synonyms for phrase in line for w in phrase.split()}
     words |= {w for phrase in doubles for w in phrase.split()}
     forms = set(COMMON) | words | {module.pluralize(w) for w in words}
