@@ -312,7 +312,9 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
             options.setdefault(name, {}).setdefault("oracle_instances", str(world / "annotations" / "instances.json"))
     # one load: examples + discovery
     grounding_tower = RegisterViT.from_pretrained(tower, device=cfg.device, preprocess={"short_side": 224})
-    _fresh_runs(out, {"config": asdict(cfg), "model": weights_identity(model), "tower": weights_identity(tower),
+    # not the list of methods: each method's run folder checks its own settings, so adding a row keeps the others
+    stamp_config = {k: v for k, v in asdict(cfg).items() if k not in ("methods", "bootstrap")}
+    _fresh_runs(out, {"config": stamp_config, "model": weights_identity(model), "tower": weights_identity(tower),
                       "regions": weights_identity(options.get("region-tokens", {}).get("adapter"))})
     pairs = json.loads((world / "world.json").read_text())["config"]["pairs"]
     partners = {p[1] for p in pairs}
