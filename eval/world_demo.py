@@ -312,10 +312,7 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
             options.setdefault(name, {}).setdefault("oracle_instances", str(world / "annotations" / "instances.json"))
     # one load: examples + discovery
     grounding_tower = RegisterViT.from_pretrained(tower, device=cfg.device, preprocess={"short_side": 224})
-    # not the list of methods: each method's run folder checks its own settings, so adding a row keeps the others
-    stamp_config = {k: v for k, v in asdict(cfg).items() if k not in ("methods", "bootstrap")}
-    _fresh_runs(out, {"config": stamp_config, "model": weights_identity(model), "tower": weights_identity(tower),
-                      "regions": weights_identity(options.get("region-tokens", {}).get("adapter"))})
+    _fresh_runs(out, run_stamp(cfg, model, tower, options.get("region-tokens", {}).get("adapter")))
     pairs = json.loads((world / "world.json").read_text())["config"]["pairs"]
     partners = {p[1] for p in pairs}
     timings = {}
@@ -401,6 +398,15 @@ def partner_examples(world: Path, adversarial: list[dict], partners: set[str], a
         examples.append({"image": row["image"], "question": f"Is there a {row['object']} in the image?", "label": "no",
                          "answers": {m: a[row["key"]] for m, a in answers.items()}, "picture": f"examples/{name}"})
     return examples
+
+
+def run_stamp(cfg: WorldDemoConfig, model: str, tower: str, regions: str | None) -> dict:
+    """What the answers of a world demo's run folders depend on beyond each method's own settings. Not the list of
+    methods (each method's folder checks its own settings: adding or dropping a row keeps the other rows' answers)
+    nor the bootstrap draws."""
+    config = {k: v for k, v in asdict(cfg).items() if k not in ("methods", "bootstrap")}
+    return {"config": config, "model": weights_identity(model), "tower": weights_identity(tower),
+            "regions": weights_identity(regions)}
 
 
 def _fresh_runs(out: Path, stamp: dict) -> None:

@@ -127,3 +127,16 @@ def test_partner_trap_counts_yes_to_absent_partners_apart_from_other_absent_obje
                     "other_questions": 2, "other_yes": 1, "other_yes_pct": 50.0}
     empty = partner_trap({"random": rows[1:2]}, answers, {"a": {"fork"}}, [["fork", "knife"]])
     assert empty["trap_questions"] == 0 and empty["trap_yes_pct"] is None
+
+
+def test_run_stamp_keeps_answers_when_rows_are_added(tmp_path):
+    from eval.world_demo import run_stamp
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    one = run_stamp(WorldDemoConfig(methods=("baseline",)), str(model), str(model), None)
+    more = run_stamp(WorldDemoConfig(methods=("baseline", "vcd"), bootstrap=50), str(model), str(model), None)
+    assert one == more
+    assert run_stamp(WorldDemoConfig(methods=("baseline",), seed=3), str(model), str(model), None) != one
+    assert run_stamp(WorldDemoConfig(methods=("baseline",), caption_images=9), str(model), str(model), None) != one
