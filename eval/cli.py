@@ -213,7 +213,8 @@ def _cmd_demo(args) -> int:
     if args.retrain:
         from .retrain import retrain
 
-        retrain(Path(args.out) / "retrain", only=args.retrain_only, gpu=args.retrain_device == "gpu")
+        retrain(Path(args.out) / "retrain", only=args.retrain_only, gpu=args.retrain_device == "gpu",
+                dtype=args.retrain_dtype)
     world = None
     if args.world_regions and not args.world_images:
         raise ValueError("--world-regions runs region-tokens on the world: not with --world-images 0")
@@ -327,11 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "adapter)")
     group.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap draws for the 95%% intervals")
     group.add_argument("--retrain", action="store_true",
-                       help="first rebuild the world-llava and region-token weights from scratch (see README)")
-    group.add_argument("--retrain-only", choices=["world-llava", "world-llava-regions"], default=None)
+                       help="first rebuild the world-llava, region-token and control weights from scratch (see README)")
+    group.add_argument("--retrain-only", choices=["world-llava", "world-llava-regions", "world-llava-control"],
+                       default=None)
     group.add_argument("--retrain-device", choices=["cpu", "gpu"], default="cpu",
                        help="cpu: the 2-core recipes that made the shipped weights (configs/train/world_*.yaml); "
                             "gpu: the one-GPU recipes (configs/train/world_*_gpu.yaml)")
+    group.add_argument("--retrain-dtype", choices=["bfloat16", "float32"], default=None,
+                       help="the frozen VLM's dtype while training (default: the recipes' bfloat16; float32 on a CPU "
+                            "without bf16 matmul units, where bf16 runs about 50x slower)")
     p.set_defaults(func=_cmd_demo)
 
     p = commands.add_parser("assets", help="convert packaged checkpoints into Hugging Face folders")
