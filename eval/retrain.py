@@ -7,6 +7,10 @@
    and rebuild the `world-llava` asset from it.
 2. world-llava-regions: `grounding fit` with configs/train/world_regions.yaml (region tokens + LoRA on top of
    world-llava, same train world), stored under grounding/data/world_regions, and its asset rebuilt.
+3. world-llava-control: the same fit (same config, train world, steps and seeds) with
+   `--model.regions.num_regions=0`: the same LoRA steps without region tokens, the control that tells what the region
+   tokens add beyond the extra fine-tuning. Stored under grounding/data/world_control; its asset merges it into
+   world-llava.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ from pathlib import Path
 import torch
 import yaml
 
-__all__ = ["retrain", "TRAIN_WORLD", "package_adapter"]
+__all__ = ["retrain", "TRAIN_WORLD", "package_adapter", "RECIPES"]
 
 TRAIN_WORLD = {"seed": 0, "images": 2000, "split": "train"}  # 2 CPU cores: configs/train/world_llava.yaml
 TRAIN_WORLD_GPU = {"seed": 0, "images": 4000, "split": "train"}  # one GPU: configs/train/world_llava_gpu.yaml
 SHIPPED_TOWER = "~/.cache/vlm-grounding/dinov2-s14-imgfocus"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
+RECIPES = ("world-llava", "world-llava-regions", "world-llava-control")  # `--retrain-only` choices, in build order
 
 
 def _config(name: str) -> Path:
@@ -74,26 +79,34 @@ def package_adapter(lora_dir: Path, target: Path) -> None:
 
 
 def retrain(work: str | Path, only: str | None = None, train_images: int | None = None,
-            overrides: list[str] | None = None, gpu: bool = False) -> dict:
-    """Both recipes (or `only` one); `train_images` / `overrides` shrink them for smoke tests.
+            overrides: list[str] | None = None, gpu: bool = False, data_dir: str | Path | None = None,
+            dtype: str | None = None) -> dict:
+    """Every recipe of `RECIPES` in order (or `only` one); `train_images` / `overrides` shrink them for smoke tests.
 
     gpu=True trains with the one-GPU recipes (configs/train/world_*_gpu.yaml, `TRAIN_WORLD_GPU`); otherwise the
     2-CPU recipes (`TRAIN_WORLD`), which made the shipped weights. The base models come from this machine's asset
-    cache ($VLM_GROUNDING_CACHE).
+    cache ($VLM_GROUNDING_CACHE). The packaged weights go to `data_dir` (default: this checkout's grounding/data, where
+    the assets are built from). `dtype` replaces the configs' frozen-VLM dtype (bfloat16): float32 on a CPU without
+    bf16 matmul units, where a bf16 step runs about 50x slower (the recipe.json records the dtype used).
     """
     from grounding import assets
     from grounding.world import build_world
     from lightning_modules.align import align_projector
 
+    if only is not None and only not in RECIPES:
+        raise ValueError(f"unknown recipe {only!r}; choose from {', '.join(RECIPES)}")
     work = Path(work)
-    data = Path(__file__).resolve().parents[1] / "grounding" / "data"
+    data = Path(data_dir) if data_dir else Path(__file__).resolve().parents[1] / "grounding" / "data"
     train_world = dict(TRAIN_WORLD_GPU if gpu else TRAIN_WORLD)
     if train_images:
         train_world["images"] = train_images
     world = work / f"world-train-{train_world['images']}"
     if not (world / "world.json").is_file():
         build_world(world, train_world["seed"], train_world["images"], train_world["split"], overwrite=True)
-    device_args = ["--trainer.accelerator=gpu" if gpu else "--trainer.accelerator=cpu"]
+    if dtype not in (None, "bfloat16", "float32"):
+        raise ValueError(f"dtype must be bfloat16 or float32, got {dtype!r}")
+    device_args = ["--trainer.accelerator=gpu" if gpu else "--trainer.accelerator=cpu",
+                   *([f"--model.dtype={dtype}"] if dtype else [])]
     data_args = [*device_args, *(overrides or []), f"--data.image_root={world / 'images'}",
                  f"--data.instances={world / 'annotations' / 'instances.json'}",
                  f"--data.captions={world / 'annotations' / 'captions.json'}"]
@@ -117,10 +130,14 @@ def retrain(work: str | Path, only: str | None = None, train_images: int | None 
         package_adapter(work / "world_llava" / "adapter" / "lora", target)
         records["world-llava"] = _recipe(target, work / "world_llava", seconds, train_world, alignment=alignment)
         assets.build(assets.WORLD_LLAVA, force=True)
+    regions_config = "world_regions_gpu.yaml" if gpu else "world_regions.yaml"
+
+    def on_world_llava() -> list[str]:  # the region-token fit and its control start from the same world-llava
+        return [f"--model.vlm={assets.require(assets.WORLD_LLAVA)}",
+                f"--model.regions.tower={assets.build(assets.VIT)}"]
+
     if only in (None, "world-llava-regions"):
-        seconds = _fit(_config("world_regions_gpu.yaml" if gpu else "world_regions.yaml"), work / "world_regions",
-                       data_args + [f"--model.vlm={assets.require(assets.WORLD_LLAVA)}",
-                                    f"--model.regions.tower={assets.build(assets.VIT)}"])
+        seconds = _fit(_config(regions_config), work / "world_regions", data_args + on_world_llava())
         target = data / "world_regions"
         shutil.rmtree(target, ignore_errors=True)
         exported = work / "world_regions" / "adapter"
@@ -132,6 +149,16 @@ def retrain(work: str | Path, only: str | None = None, train_images: int | None 
         (target / "region_grounding.json").write_text(json.dumps(config, indent=2) + "\n")
         records["world-llava-regions"] = _recipe(target, work / "world_regions", seconds, train_world)
         assets.build(assets.WORLD_REGIONS, force=True)
+    if only in (None, "world-llava-control"):
+        # the same fit as world-llava-regions (config, train world, steps, seeds), without region tokens: its export
+        # is a plain peft LoRA (lora/), merged into world-llava by the asset
+        seconds = _fit(_config(regions_config), work / "world_control",
+                       data_args + on_world_llava() + ["--model.regions.num_regions=0"])
+        target = data / "world_control"
+        shutil.rmtree(target, ignore_errors=True)
+        package_adapter(work / "world_control" / "adapter" / "lora", target)
+        records["world-llava-control"] = _recipe(target, work / "world_control", seconds, train_world)
+        assets.build(assets.WORLD_CONTROL, force=True)
     return records
 
 

@@ -8,10 +8,14 @@ half the images that hold the first object), the embedded `world-llava` answers:
   every split that asks it;
 * CHAIR on its captions of the first `caption_images` test images (ground truth: the world's instances);
 
-for every method (baseline, highlight, masked-contrast, vcd, region-tokens), through the same runner that
-`grounding eval pope|chair` uses (run folders, resume). Object discovery on the same images: CorLoc and mask IoU
-of LOST, TokenCut, DINO-seg, Object-DINO boxes, and the mask IoU of Object-DINO's object maps, against the
-world's boxes and instance masks.
+for every method (baseline, highlight, masked-contrast, vcd, region-tokens, ...), through the same runner that
+`grounding eval pope|chair` uses (run folders, resume). Beside region tokens, their control: the `control` row is
+the baseline on `world-llava-control`, world-llava fine-tuned by the region-token recipe (same steps, world, seeds)
+with no region tokens, a separate model whose run folder is pope/runs/control (chair/runs/control) with the
+baseline's answers in its baseline/ folder; so the gain of the fine-tune is always shown apart from the tokens'.
+
+Object discovery on the same images: CorLoc and mask IoU of LOST, TokenCut, DINO-seg, Object-DINO boxes, and the
+mask IoU of Object-DINO's object maps, against the world's boxes and instance masks.
 
 Every figure has a 95% bootstrap confidence interval over images (POPE, discovery) or captions (CHAIR).
 """
@@ -22,6 +26,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -39,10 +44,11 @@ from .runner import Item, RunConfig, run_methods
 
 __all__ = ["WorldDemoConfig", "run_world_demo", "bootstrap_interval", "WORLD_METHODS", "DISCOVERY_METHODS"]
 
-# the demo's default rows: the baseline, the non-grounded control VCD, the trained region tokens, and the grounded
-# method with its ablation twins. highlight and masked-contrast (and their @random / @oracle twins) run with
-# --methods; docs/benchmarks.md measures them all
-WORLD_METHODS = ("baseline", "vcd", "region-tokens",
+CONTROL = "control"  # a row, not a method: the baseline on the control model (`WorldDemoConfig.control`)
+# the demo's default rows: the baseline, the non-grounded control VCD, the trained region tokens beside the same-steps
+# fine-tune without them, and the grounded method with its ablation twins. highlight and masked-contrast (and their
+# @random / @oracle twins) run with --methods; docs/benchmarks.md measures them all
+WORLD_METHODS = ("baseline", "vcd", "region-tokens", CONTROL,
                  "region-evidence", "region-evidence@random", "region-evidence@oracle")
 DISCOVERY_METHODS = ("lost", "tokencut", "dinoseg", "object-dino",  # the references, exactly
                      "lost-centred", "tokencut-adaptive", "object-dino-adaptive")  # the library's variants
@@ -62,6 +68,9 @@ class WorldDemoConfig:
     model: str | None = None  # default: the built world-llava asset
     tower: str | None = None  # default: the built DINOv2-S/14 asset
     regions: str | None = None  # default: the built world-llava-regions adapter
+    # the `control` row's VLM (a folder, hub name or `grounding fit` LoRA export); default: the built
+    # world-llava-control (world-llava + the region-token recipe's LoRA steps without region tokens)
+    control: str | None = None
     world_config: str | None = None  # a WorldConfig YAML (default: the shipped defaults)
     device: str = "cpu"
     # the VLM's dtype; auto: bfloat16 on CUDA (world-llava was trained on a bf16 frozen backbone), float32 on a CPU
@@ -91,6 +100,13 @@ class WorldDemoConfig:
                              "region_grounding.json)")
         if self.regions and "region-tokens" not in self.methods:
             raise ValueError(f"a region adapter ({self.regions}) is given but region-tokens is not among the methods "
+                             f"({', '.join(self.methods)})")
+        if self.model and not self.control and CONTROL in self.methods:
+            raise ValueError("the control row runs world-llava-control, world-llava fine-tuned without region "
+                             f"tokens, not a control of {self.model}: leave control out of the methods, or give the "
+                             "model's own control (control=, on the command line --world-control DIR)")
+        if self.control and CONTROL not in self.methods:
+            raise ValueError(f"a control model ({self.control}) is given but control is not among the methods "
                              f"({', '.join(self.methods)})")
 
 
@@ -306,35 +322,37 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
     if "region-tokens" in cfg.methods:
         adapter = cfg.regions or str(assets.require(assets.WORLD_REGIONS))
         options.setdefault("region-tokens", {}).setdefault("adapter", adapter)
+    control = (cfg.control or str(assets.require(assets.WORLD_CONTROL))) if CONTROL in cfg.methods else None
+    control_options = {"baseline": options.pop(CONTROL)} if CONTROL in options else {}
     world, instances = _world(out, cfg)
     for name in cfg.methods:  # METHOD@oracle rows read the world's own instance masks
         if name.endswith("@oracle"):
             options.setdefault(name, {}).setdefault("oracle_instances", str(world / "annotations" / "instances.json"))
     # one load: examples + discovery
     grounding_tower = RegisterViT.from_pretrained(tower, device=cfg.device, preprocess={"short_side": 224})
-    _fresh_runs(out, run_stamp(cfg, model, tower, options.get("region-tokens", {}).get("adapter")))
+    _fresh_runs(out, run_stamp(cfg, model, tower, options.get("region-tokens", {}).get("adapter"), control))
     pairs = json.loads((world / "world.json").read_text())["config"]["pairs"]
     partners = {p[1] for p in pairs}
     timings = {}
 
     start = time.perf_counter()
     items, splits = _pope_items(world, instances, cfg, out)
-    run = RunConfig(model=model, methods=list(cfg.methods), out=str(out / "pope" / "runs"), tower=tower,
-                    tower_short_side=224, batch_size=cfg.batch_size, max_new_tokens=8, device=cfg.device,
-                    dtype=cfg.dtype, method_options=options)
-    answered = run_methods(run, items, "question",
-                           lambda predictions: {"answered": sum("answer" in p for p in predictions)},
-                           extra_config={"world": str(world)})
+    rows = {"model": model, "options": options, "control": control, "control_options": control_options}
+    pope_run = partial(RunConfig, tower=tower, tower_short_side=224, batch_size=cfg.batch_size, max_new_tokens=8,
+                       device=cfg.device, dtype=cfg.dtype)
+    answered = _run_rows(cfg.methods, out / "pope" / "runs", items, "question",
+                         lambda predictions: {"answered": sum("answer" in p for p in predictions)}, pope_run, **rows,
+                         extra_config={"world": str(world)})
     pope = {}
     files = {im["id"]: im["file_name"] for im in instances["images"]}
     present = {files[i]: set(objects) for i, objects in objects_per_image(instances).items()}
     for method in cfg.methods:
-        answers = _answers(out / "pope" / "runs" / method)
+        answers = _answers(_row_folder(out / "pope" / "runs", method))
         pope[method] = pope_table(splits, answers, cfg.bootstrap)
         pope[method]["answered"] = answered.get(method, {}).get("answered")
         pope[method]["partner_trap"] = partner_trap(splits, answers, present, pairs)
     timings["pope_s"] = round(time.perf_counter() - start, 1)
-    runs_answers = {m: _answers(out / "pope" / "runs" / m) for m in cfg.methods}
+    runs_answers = {m: _answers(_row_folder(out / "pope" / "runs", m)) for m in cfg.methods}
     examples = partner_examples(world, splits["adversarial"], partners, runs_answers, grounding_tower, cfg, out,
                                 present=present, pairs=pairs)
 
@@ -348,12 +366,12 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
         chosen = [im for im in instances["images"] if im["id"] in truth][: cfg.caption_images]
         caption_items = [Item(im["id"], world / "images" / im["file_name"], CAPTION_PROMPT, {}) for im in chosen]
         truth = {k: sorted(v) for k, v in truth.items()}
-        caption_run = RunConfig(model=model, methods=list(cfg.methods), out=str(out / "chair" / "runs"), tower=tower,
-                                tower_short_side=224, batch_size=cfg.batch_size, max_new_tokens=cfg.caption_tokens,
-                                device=cfg.device, dtype=cfg.dtype, method_options=options)
-        scored = run_methods(caption_run, caption_items, "caption",
-                             lambda predictions: score_captions([{"image_id": p["key"], "caption": p["answer"]}
-                                                                 for p in predictions if "answer" in p], truth))
+        caption_run = partial(RunConfig, tower=tower, tower_short_side=224, batch_size=cfg.batch_size,
+                              max_new_tokens=cfg.caption_tokens, device=cfg.device, dtype=cfg.dtype)
+        scored = _run_rows(cfg.methods, out / "chair" / "runs", caption_items, "caption",
+                           lambda predictions: score_captions([{"image_id": p["key"], "caption": p["answer"]}
+                                                               for p in predictions if "answer" in p], truth),
+                           caption_run, **rows)
         chair = {m: chair_table(scored[m]["per_caption"], partners, cfg.bootstrap) for m in cfg.methods}
         timings["chair_s"] = round(time.perf_counter() - start, 1)
 
@@ -363,12 +381,52 @@ def run_world_demo(out_dir: str | Path, cfg: WorldDemoConfig) -> dict:
     timings["discovery_s"] = round(time.perf_counter() - start, 1)
 
     result = {"world": {"seed": cfg.seed, "split": cfg.split, "images": cfg.images, "pairs": pairs,
-                        "folder": str(world), "model": cfg.model or "world-llava"},
+                        "folder": str(world), "model": cfg.model or "world-llava",
+                        **({"control": cfg.control or assets.WORLD_CONTROL,
+                            "labels": {CONTROL: control_label(cfg.control)}} if control else {})},
               "pope": pope, "chair": chair, "discovery": discovery, "examples": examples, "timings": timings,
-              **run_metadata({**asdict(cfg), "model": model, "tower": tower})}
+              **run_metadata({**asdict(cfg), "model": model, "tower": tower, "control": control})}
     _check_finite(result)
     write_json(out / "world_metrics.json", result)
     return result
+
+
+def _run_rows(rows: tuple[str, ...], out: Path, items: list[Item], task: str, score, make_run, model: str,
+              options: dict, control: str | None, control_options: dict, extra_config: dict | None = None) -> dict:
+    """`run_methods` in `out` for the methods of `rows` on the demo's model, then (the control row among them) for the
+    control: the baseline on the `control` model in its own run folder `out/control` (same resume and identity
+    rules). make_run(model=, methods=, out=, method_options=) builds each RunConfig. {row: metrics} in rows' order."""
+    methods = [m for m in rows if m != CONTROL]
+    results = {}
+    if methods:
+        results = run_methods(make_run(model=model, methods=methods, out=str(out), method_options=options), items,
+                              task, score, extra_config)
+    if CONTROL in rows:
+        control_run = make_run(model=control, methods=["baseline"], out=str(out / CONTROL),
+                               method_options=control_options)
+        results[CONTROL] = run_methods(control_run, items, task, score, extra_config)["baseline"]
+    return {m: results[m] for m in rows}
+
+
+def _row_folder(runs: Path, row: str) -> Path:
+    """A row's method folder in a runs/ folder: the control's answers are the baseline's of its own run."""
+    return runs / CONTROL / "baseline" if row == CONTROL else runs / row
+
+
+def control_label(control: str | None = None) -> str:
+    """What the control row is, for tables and charts: the shipped world-llava-control (its steps from the recipe the
+    asset was built from, said to be the region-token fit's when they match), or the model given."""
+    if control:
+        return f"control: {control} (no region tokens)"
+    from grounding import assets
+
+    steps = {}
+    for name in (assets.WORLD_CONTROL, assets.WORLD_REGIONS):
+        record = assets.asset_dir(name) / "DONE.json"
+        steps[name] = json.loads(record.read_text()).get("max_steps") if record.is_file() else None
+    same = steps[assets.WORLD_CONTROL] is not None and steps[assets.WORLD_CONTROL] == steps[assets.WORLD_REGIONS]
+    count = f"{steps[assets.WORLD_CONTROL]} " if same else ""
+    return f"control: world-llava + the same {count}LoRA steps, no region tokens"
 
 
 def partner_examples(world: Path, adversarial: list[dict], partners: set[str], answers: dict[str, dict[str, str]],
@@ -400,13 +458,13 @@ def partner_examples(world: Path, adversarial: list[dict], partners: set[str], a
     return examples
 
 
-def run_stamp(cfg: WorldDemoConfig, model: str, tower: str, regions: str | None) -> dict:
+def run_stamp(cfg: WorldDemoConfig, model: str, tower: str, regions: str | None, control: str | None = None) -> dict:
     """What the answers of a world demo's run folders depend on beyond each method's own settings. Not the list of
     methods (each method's folder checks its own settings: adding or dropping a row keeps the other rows' answers)
     nor the bootstrap draws."""
     config = {k: v for k, v in asdict(cfg).items() if k not in ("methods", "bootstrap")}
     return {"config": config, "model": weights_identity(model), "tower": weights_identity(tower),
-            "regions": weights_identity(regions)}
+            "regions": weights_identity(regions), "control": weights_identity(control)}
 
 
 def _fresh_runs(out: Path, stamp: dict) -> None:
@@ -450,6 +508,7 @@ def table_lines(result: dict) -> list[str]:
     lines = []
     pope, chair = result["pope"], result["chair"]
     methods = list(pope)
+    labels = result["world"].get("labels", {})  # rows that are not a method on the demo's model say what they are
     head = ("| method | " + " | ".join(f"POPE {s} acc" for s in POPE_SPLITS) +
             " | adv. F1 | adv. yes % | yes to absent partner | yes to other absent |")
     if chair:
@@ -463,7 +522,7 @@ def table_lines(result: dict) -> list[str]:
         if chair:
             cells += [_cell(chair[m]["chair_s"]), _cell(chair[m]["chair_i"]), _cell(chair[m]["recall"]),
                       str(chair[m]["hallucinated_partners"])]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append(f"| {labels.get(m, m)} | " + " | ".join(cells) + " |")
     lines += ["", "| discovery | CorLoc | mask IoU |", "|---|---|---|"]
     for m, row in result["discovery"].items():
         lines.append(f"| {m} | {_cell(row['corloc'])} | {_cell(row['mask_iou'])} |")
@@ -492,6 +551,8 @@ def bar_charts(result: dict, out: Path) -> list[str]:
             panels.append((f"CHAIR {name}", {m: r[name] for m, r in result["chair"].items()}))
     panels.append(("discovery CorLoc", {m: r["corloc"] for m, r in result["discovery"].items()}))
     panels.append(("discovery mask IoU", {m: r["mask_iou"] for m, r in result["discovery"].items()}))
+    labels = result["world"].get("labels", {})
+    marks = {m: "*" * (i + 1) for i, m in enumerate(labels)}  # control* on the axis, its label below the chart
     files = []
     for title, figures in panels:
         figure = new_figure(figsize=(5.5, 3.0), dpi=100)
@@ -501,9 +562,12 @@ def bar_charts(result: dict, out: Path) -> list[str]:
         low = values - np.array([figures[n]["ci95"][0] for n in names])
         high = np.array([figures[n]["ci95"][1] for n in names]) - values
         axes.bar(range(len(names)), values, yerr=[low, high], capsize=3, color="#4C72B0")
-        axes.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        axes.set_xticks(range(len(names)), [n + marks.get(n, "") for n in names], rotation=20, fontsize=8)
         axes.set_title(title, fontsize=10)
-        figure.tight_layout()
+        notes = [f"{marks[n]} {labels[n]}" for n in names if n in marks]
+        if notes:
+            figure.text(0.01, 0.01, "\n".join(notes), fontsize=7, ha="left", va="bottom")
+        figure.tight_layout(rect=(0, 0.04 * len(notes) + 0.02 if notes else 0, 1, 1))
         name = "world_" + title.lower().replace(" ", "_").replace("-", "_") + ".png"
         figure_to_image(figure).save(out / name)
         files.append(name)

