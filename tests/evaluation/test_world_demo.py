@@ -34,7 +34,7 @@ def tiny_models(tmp_path_factory, tiny_reg_dir):
 
 
 def test_world_demo_reports_every_method_and_metric(tiny_models, tiny_reg_dir, tmp_path):
-    options = {m: {"object_dino": OD} for m in ("highlight", "masked-contrast", "region-evidence", "region-evidence@random")}
+    options = {m: {"object_dino": OD} for m in ("region-evidence", "region-evidence@random")}
     cfg = WorldDemoConfig(seed=3, images=8, caption_images=3, caption_tokens=4, bootstrap=50,
                           model=str(tiny_models / "vlm"), tower=tiny_reg_dir, regions=str(tiny_models / "regions"),
                           control=str(tiny_models / "control"), method_options=options, map_k=2, discovery_k=2,
