@@ -12,13 +12,17 @@ file's size: `original_size(image)`, and `to_original_pixels` maps boxes on it b
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageError", "load_image", "to_rgb", "as_pil", "original_size", "to_original_pixels"]
+__all__ = ["ImageError", "load_image", "to_rgb", "as_pil", "original_size", "to_original_pixels", "image_key",
+           "per_distinct_image"]
 
 ORIGINAL_SIZE = "original_size"  # image.info key: the file's (width, height) when decoded smaller
 
@@ -131,3 +135,29 @@ def as_pil(image: Image.Image | np.ndarray | torch.Tensor | str | Path) -> Image
         mode = {2: "L", 3: "RGB"}[array.ndim] if array.ndim == 2 or array.shape[-1] == 3 else "RGBA"
         return to_rgb(Image.fromarray(array, mode=mode))
     raise ImageError(f"unsupported image type {type(image).__name__}")
+
+
+def image_key(image: Image.Image) -> str:
+    """A digest of the image's pixels and size: the same image gets the same key wherever it is batched."""
+    return hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
+
+
+def per_distinct_image(cache: OrderedDict, images: Sequence[Image.Image],
+                       compute: Callable[[list[str], list[Image.Image]], Sequence], limit: int) -> list:
+    """One value per image from `cache` (keyed by `image_key`, least recently used first): the distinct images not
+    cached yet go to ONE `compute(keys, images)` call, which returns their values in order; the cache then keeps
+    the `limit` most recently used."""
+    keys = [image_key(image) for image in images]
+    missing: dict[str, Image.Image] = {}
+    for key, image in zip(keys, images):
+        if key not in cache:
+            missing.setdefault(key, image)
+    if missing:
+        cache.update(zip(missing, compute(list(missing), list(missing.values()))))
+    found = []
+    for key in keys:
+        cache.move_to_end(key)
+        found.append(cache[key])
+    while len(cache) > limit:
+        cache.popitem(last=False)
+    return found

@@ -66,8 +66,8 @@ from .chat import encode_chat
 from .highlight import jet_overlay, red_tint, remove_objects
 from .logits_process import BranchLogitsProcessor, PairedMixLogitsProcessor, check_paired_rows
 from .mixing import contrastive_mix, highlight_mix
-from .noise import image_key, noise_images
-from ..images import as_pil
+from .noise import noise_images
+from ..images import as_pil, image_key, per_distinct_image
 from ..objects.mask_source import MaskSource, check_mask_source
 from ..objects.object_dino import ObjectDINO, ObjectDINOConfig
 from .rows import stack_rows
@@ -146,29 +146,19 @@ class ObjectGuidance:
         """(H, W) object map of each image at its size. The distinct images not cached yet go through the tower
         together: one call per tower input size (one call for the whole batch when the tower resizes to a fixed
         `preprocess.size`, or when the images share a size)."""
-        keys = [image_key(image) for image in images]
-        missing: dict[str, Image.Image] = {}
-        for key, image in zip(keys, images):
-            if key not in self._maps:
-                missing.setdefault(key, image)
-        groups: dict[tuple[int, int], list[str]] = {}
-        for key, image in missing.items():
-            groups.setdefault(self.tower.input_geometry(image.height, image.width)[1], []).append(key)
-        computed: dict[str, torch.Tensor] = {}
+        return per_distinct_image(self._maps, images, self._compute_maps, self.config.cache_size)
+
+    def _compute_maps(self, keys: list[str], images: list[Image.Image]) -> list[torch.Tensor]:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(self.tower.input_geometry(image.height, image.width)[1], []).append(i)
+        out: list = [None] * len(images)
         for group in groups.values():
-            maps = self.object_dino.object_maps(self.tower([missing[key] for key in group]), upsample=True)
+            maps = self.object_dino.object_maps(self.tower([images[i] for i in group]), upsample=True)
             self.tower_calls += 1
-            computed.update((key, full.cpu()) for key, full in zip(group, maps))
-        found = []
-        for key in keys:
-            if key in computed:
-                self._maps[key] = computed[key]
-            else:
-                self._maps.move_to_end(key)
-            found.append(computed[key] if key in computed else self._maps[key])
-        while len(self._maps) > self.config.cache_size:
-            self._maps.popitem(last=False)
-        return found
+            for i, full in zip(group, maps):
+                out[i] = full.cpu()
+        return out
 
     def region_maps(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
         """(H, W) map of each image that its branch is drawn with, from the mask source: `object_maps(images)`
@@ -176,23 +166,11 @@ class ObjectGuidance:
         no tower call). Kept per distinct image, as the object maps are."""
         if self.mask_source.source == "object-dino":
             return self.object_maps(images)
-        keys = [image_key(image) for image in images]
-        missing: dict[str, Image.Image] = {}
-        for key, image in zip(keys, images):
-            if key not in self._regions:
-                missing.setdefault(key, image)
-        todo = list(missing)
-        maps = (self.object_maps([missing[k] for k in todo]) if self.mask_source.needs_object_map
-                else [None] * len(todo))
-        computed = {key: self.mask_source.region_map(missing[key], m) for key, m in zip(todo, maps)}
-        self._regions.update(computed)
-        found = []
-        for key in keys:
-            self._regions.move_to_end(key)
-            found.append(self._regions[key])
-        while len(self._regions) > self.config.cache_size:
-            self._regions.popitem(last=False)
-        return found
+        def compute(keys: list[str], missing: list[Image.Image]) -> list[torch.Tensor]:
+            maps = self.object_maps(missing) if self.mask_source.needs_object_map else [None] * len(missing)
+            return [self.mask_source.region_map(image, m) for image, m in zip(missing, maps)]
+
+        return per_distinct_image(self._regions, images, compute, self.config.cache_size)
 
     def prompt_texts(self, prompts: Sequence[str]) -> tuple[list[str], list[str]]:
         """(original-branch texts, branch texts) for user prompts: highlight wraps them in its two templates

@@ -9,14 +9,10 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
+from ..images import image_key
 from .highlight import diffusion_noise
 
 __all__ = ["image_key", "noise_seed", "pixel_blocks", "noise_images"]
-
-
-def image_key(image: Image.Image) -> str:
-    """A digest of the image's pixels and size: the same image gets the same key wherever it is batched."""
-    return hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
 
 
 def noise_seed(seed: int, image_key: str, part: int) -> int:

@@ -50,10 +50,10 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from ..decoding.chat import encode_chat
 from ..decoding.prefix_cache import PrefixCache, generate_new_tokens
 from ..decoding.sampling import sampling_settings, with_reference_sampling
-from ..images import as_pil
+from ..images import as_pil, per_distinct_image
 from ..objects.instance_registry import instance_pixel_masks
 from ..objects.mask_source import MASK_SOURCES as OBJECT_MASK_SOURCES
-from ..objects.mask_source import (OracleMasks, check_mask_source, image_key, instance_cells, placement_seed,
+from ..objects.mask_source import (OracleMasks, check_mask_source, instance_cells, placement_seed,
                                    random_regions, region_cells)
 from ..objects.object_dino import ObjectDINO, ObjectDINOConfig
 from .registry import fixed_options, register_method
@@ -313,25 +313,13 @@ class RegionEvidence:
         """Per image, (1 + C,) the number of region tokens voting for background and each category. The distinct
         images not cached yet are read in one batched forward."""
         words, _, _ = self._word_table(model)
-        keys = [image_key(image) for image in images]
-        missing: dict[str, Image.Image] = {}
-        for key, image in zip(keys, images):
-            if key not in self._evidence:
-                missing.setdefault(key, image)
-        if missing:
-            todo = list(missing)
-            readings = image_token_reading(model, self.processor, [missing[k] for k in todo], words)
+        def compute(keys: list[str], missing: list[Image.Image]) -> list[torch.Tensor]:
+            readings = image_token_reading(model, self.processor, missing, words)
             self.reading_calls += 1
-            masks = self.masks([missing[k] for k in todo])
-            for key, (votes, _), mask in zip(todo, readings, masks):
-                self._evidence[key] = self._count(votes, mask, key, words.shape[0])
-        found = []
-        for key in keys:
-            self._evidence.move_to_end(key)
-            found.append(self._evidence[key])
-        while len(self._evidence) > self.config.cache_size:
-            self._evidence.popitem(last=False)
-        return found
+            return [self._count(votes, mask, key, words.shape[0])
+                    for key, (votes, _), mask in zip(keys, readings, self.masks(missing))]
+
+        return per_distinct_image(self._evidence, images, compute, self.config.cache_size)
 
     def _count(self, votes: torch.Tensor, masks: np.ndarray | None, key: str, size: int) -> torch.Tensor:
         cfg = self.config

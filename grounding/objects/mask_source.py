@@ -32,18 +32,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..images import load_image
+from ..images import image_key, load_image
 from .regions import connected_components
 
 __all__ = ["MASK_SOURCES", "MaskSource", "OracleMasks", "check_mask_source", "image_key", "placement_seed",
            "random_map", "random_regions", "region_cells", "instance_cells"]
 
 MASK_SOURCES = ("object-dino", "random", "oracle")
-
-
-def image_key(image: Image.Image) -> str:
-    """A digest of the image's pixels and size: the same image gets the same key wherever it is batched."""
-    return hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
 
 
 def placement_seed(seed: int, key: str) -> int:
