@@ -46,7 +46,9 @@ the branch image is drawn with is the Object-DINO object map (`object-dino`, the
 `object_maps` itself), its regions moved to random places with the same number and areas, seeded per image by its
 pixels and `seed` (`random`), or the ground-truth instance masks of `oracle_instances` (`oracle`, 1 inside, 0
 outside; no tower needed). Registered as the twins `highlight@random`, `highlight@oracle`, `masked-contrast@random`,
-`masked-contrast@oracle` (grounding/methods/guided.py).
+`masked-contrast@oracle` (grounding/methods/guided.py). `GuidanceConfig.regions="instances"` draws with Object-DINO's
+object instances instead of its map (1.0 inside their union, `ObjectGuidance.instance_maps`; for the random source
+that union's regions are the ones moved).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from .logits_process import BranchLogitsProcessor, PairedMixLogitsProcessor, che
 from .mixing import contrastive_mix, highlight_mix
 from .noise import noise_images
 from ..images import as_pil, image_key, per_distinct_image
+from ..objects.instance_registry import instance_pixel_masks
 from ..objects.mask_source import MaskSource, check_mask_source
 from ..objects.object_dino import ObjectDINO, ObjectDINOConfig
 from .rows import stack_rows
@@ -90,6 +93,10 @@ class GuidanceConfig:
     task: Literal["question", "caption"] = "question"
     map_threshold: float = 0.5  # highlight / removal threshold on the upsampled object map
     mask_source: Literal["object-dino", "random", "oracle"] = "object-dino"  # the map the branch is drawn with
+    # map: Object-DINO's object map as it is; instances: 1.0 inside the union of its object instances
+    # (`ObjectDINO.instances`, up to max_objects), 0.0 outside (docs/benchmarks.md compares them on val)
+    regions: Literal["map", "instances"] = "map"
+    max_objects: int = 8
     oracle_instances: str | None = None  # oracle: a COCO instances file (a world's annotations/instances.json)
     oracle_images: str | None = None  # oracle: its image folder (default: ../images beside annotations/)
     fill: Literal["mean", "blur"] = "mean"
@@ -111,6 +118,13 @@ class GuidanceConfig:
         if self.branches not in ("auto", "separate", "joint"):
             raise ValueError(f"branches must be auto, separate or joint, got {self.branches!r}")
         check_mask_source(self.mask_source, self.oracle_instances)
+        if self.regions not in ("map", "instances"):
+            raise ValueError(f"regions must be 'map' or 'instances', got {self.regions!r}")
+        if self.max_objects < 1:
+            raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
+        if self.mode == "vcd" and self.regions != "map":
+            raise ValueError(f"mode 'vcd' noises the whole image and reads no object regions: regions "
+                             f"{self.regions!r} applies to highlight and masked-contrast only")
         if self.mode == "vcd" and self.mask_source != "object-dino":
             raise ValueError(f"mode 'vcd' noises the whole image and reads no object map: mask_source "
                              f"{self.mask_source!r} applies to highlight and masked-contrast only")
@@ -149,12 +163,27 @@ class ObjectGuidance:
         return per_distinct_image(self._maps, images, self._compute_maps, self.config.cache_size)
 
     def _compute_maps(self, keys: list[str], images: list[Image.Image]) -> list[torch.Tensor]:
+        return self._per_tower_size(images, lambda found: self.object_dino.object_maps(found, upsample=True))
+
+    def instance_maps(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """(H, W) float map of each image: 1.0 inside the union of its Object-DINO instances (up to
+        `max_objects`), 0.0 outside; the distinct images of a batch in one tower call per tower input size."""
+        def union(found) -> list[torch.Tensor]:
+            objects = self.object_dino.instances(found, max_objects=self.config.max_objects, tower=self.tower)
+            return [instance_pixel_masks(objects, found, b).any(0).float() if bool(objects.valid[b].any())
+                    else torch.zeros(found.image_sizes[b]) for b in range(len(found.image_sizes))]
+
+        return self._per_tower_size(list(images), union)
+
+    def _per_tower_size(self, images: list[Image.Image], compute: Callable) -> list[torch.Tensor]:
+        """`compute(tower_output)` -> one (H, W) map per image, run once per tower input size (one tower call for
+        the whole batch when the images share a size or the tower resizes to a fixed size)."""
         groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             groups.setdefault(self.tower.input_geometry(image.height, image.width)[1], []).append(i)
         out: list = [None] * len(images)
         for group in groups.values():
-            maps = self.object_dino.object_maps(self.tower([images[i] for i in group]), upsample=True)
+            maps = compute(self.tower([images[i] for i in group]))
             self.tower_calls += 1
             for i, full in zip(group, maps):
                 out[i] = full.cpu()
@@ -163,11 +192,17 @@ class ObjectGuidance:
     def region_maps(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
         """(H, W) map of each image that its branch is drawn with, from the mask source: `object_maps(images)`
         itself (object-dino), the Object-DINO regions moved at random (random) or the ground-truth masks (oracle,
-        no tower call). Kept per distinct image, as the object maps are."""
-        if self.mask_source.source == "object-dino":
+        no tower call). With `regions="instances"` the Object-DINO map is replaced by the union of the image's
+        instances (`instance_maps`) for the object-dino and random sources. Kept per distinct image, as the object
+        maps are."""
+        instances = self.config.regions == "instances"
+        if self.mask_source.source == "object-dino" and not instances:
             return self.object_maps(images)
         def compute(keys: list[str], missing: list[Image.Image]) -> list[torch.Tensor]:
-            maps = self.object_maps(missing) if self.mask_source.needs_object_map else [None] * len(missing)
+            if not self.mask_source.needs_object_map:
+                maps = [None] * len(missing)
+            else:
+                maps = self.instance_maps(missing) if instances else self.object_maps(missing)
             return [self.mask_source.region_map(image, m) for image, m in zip(missing, maps)]
 
         return per_distinct_image(self._regions, images, compute, self.config.cache_size)

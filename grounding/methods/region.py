@@ -2,13 +2,16 @@
 
 Registered as "region-tokens" (`grounding.methods`). Options: `adapter` = a `RegionGrounding.save_pretrained`
 folder (what `grounding fit` exports); its `lora/` subfolder, when present, is the LoRA trained with it and is
-loaded onto the model as well. `bind(model)` attaches both for a whole run and undoes both on exit, so the
-model is the stock model again for the next method.
+loaded onto the model as well. `regions` = "map" or "instances" runs the adapter on the connected regions of the
+Object-DINO map or on Object-DINO's object instances (default: what the adapter was trained with, its config's
+`regions`). `bind(model)` attaches both for a whole run and undoes both on exit, so the model is the stock model
+again for the next method.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,9 +26,12 @@ from ..weights import saves_processor
 __all__ = ["RegionTokens"]
 
 
-def _check_options(adapter: str | None = None, task: str | None = None, **unknown) -> None:
+def _check_options(adapter: str | None = None, task: str | None = None, regions: str | None = None, **unknown) -> None:
     if unknown:
-        raise ValueError(f"region-tokens: unknown option(s) {', '.join(map(repr, sorted(unknown)))}; it takes adapter")
+        raise ValueError(f"region-tokens: unknown option(s) {', '.join(map(repr, sorted(unknown)))}; it takes adapter "
+                         "and regions")
+    if regions not in (None, "map", "instances"):
+        raise ValueError(f"region-tokens: regions must be 'map' or 'instances', got {regions!r}")
     if adapter is None:
         raise ValueError(_NEEDS_ADAPTER)
     if not isinstance(adapter, str) or not Path(adapter).expanduser().is_dir():
@@ -40,13 +46,15 @@ _NEEDS_ADAPTER = ("region-tokens needs the adapter folder: --method-options "
 class RegionTokens:
     """Plain decoding with K grounded region tokens after the image tokens (and the adapter's LoRA)."""
 
-    def __init__(self, tower=None, processor=None, adapter: str | None = None, **_):
+    def __init__(self, tower=None, processor=None, adapter: str | None = None, regions: str | None = None, **_):
         if adapter is None:
             raise ValueError(_NEEDS_ADAPTER)
         self.adapter = Path(adapter).expanduser()
         if not self.adapter.is_dir():
             raise FileNotFoundError(f"region-token adapter folder {self.adapter} does not exist")
         self.grounding = RegionGrounding.from_pretrained(self.adapter)  # its own tower, at its trained size
+        if regions is not None:  # checked by RegionConfig
+            self.grounding.config = dataclasses.replace(self.grounding.config, regions=regions)
         if processor is not None:  # its own copy at the trained image size (the runner's stays as it is)
             processor = _at_trained_size(self.adapter / "lora", processor)
         self.processor = processor

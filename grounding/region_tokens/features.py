@@ -1,5 +1,7 @@
 """Region features: per image, Object-DINO's object map -> connected regions (largest first, up to K) -> a feature
 pooled under each region's mask and a box encoding. `RegionConfig` says how; `extract_regions` does it for a batch.
+With `regions="instances"` the regions are Object-DINO's object instances (`ObjectDINO.instances`, up to K, in their
+order) instead of the map's connected regions.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ class RegionConfig:
     tower: str = "facebook/dinov2-with-registers-base"
     tower_short_side: int = 224
     feature_source: Literal["tower", "vlm"] = "tower"
-    map_threshold: float = 0.0  # regions = connected components of map > threshold (the map is already cut at 0.6)
+    # map: the connected components of map > map_threshold (the map is already cut at 0.6), largest first;
+    # instances: Object-DINO's object instances (`ObjectDINO.instances`), in their order
+    regions: Literal["map", "instances"] = "map"
+    map_threshold: float = 0.0
     min_area: int = 1  # patches
     projector_hidden: int = 1024
     object_dino: ObjectDINOConfig = field(default_factory=lambda: ObjectDINOConfig(k=5))
@@ -32,6 +37,8 @@ class RegionConfig:
             self.object_dino = ObjectDINOConfig(**self.object_dino)
         if self.num_regions < 0:
             raise ValueError(f"num_regions must be >= 0, got {self.num_regions}")
+        if self.regions not in ("map", "instances"):
+            raise ValueError(f"regions must be 'map' or 'instances', got {self.regions!r}")
         if self.feature_source not in ("tower", "vlm"):
             raise ValueError(f"feature_source must be 'tower' or 'vlm', got {self.feature_source!r}")
 
@@ -65,27 +72,41 @@ def extract_regions(tower, object_dino: ObjectDINO, images: torch.Tensor | list,
     k = config.num_regions
     features, boxes, valid, masks = [], [], [], []
     for out in _tower_outputs(tower, images):
-        maps = object_dino.analyse(out).maps  # (b, h, w)
         tokens = out.patch_tokens().float()  # (b, N, C)
         h, w = out.grid
-        for object_map, patch_tokens in zip(maps, tokens):
-            found = object_regions(object_map, config.map_threshold, max_regions=k, min_area=config.min_area)
+        if config.regions == "instances":
+            found = _instance_regions(tower, object_dino, out, k, config.min_area)
+        else:
+            found = [[(r.mask, r.box) for r in object_regions(m, config.map_threshold, max_regions=k,
+                                                              min_area=config.min_area)]
+                     for m in object_dino.analyse(out).maps]
+        for regions, patch_tokens in zip(found, tokens):
             f = torch.zeros(k, patch_tokens.shape[-1], device=patch_tokens.device)
             b = torch.zeros(k, 5, device=patch_tokens.device)
             v = torch.zeros(k, dtype=torch.bool, device=patch_tokens.device)
             m = torch.zeros(k, h, w, dtype=torch.bool, device=patch_tokens.device)
-            for slot, region in enumerate(found):
-                flat = region.mask.flatten().to(patch_tokens.device)
+            for slot, (mask, box) in enumerate(regions):
+                flat = mask.flatten().to(patch_tokens.device)
                 f[slot] = patch_tokens[flat].mean(0)
-                x0, y0, x1, y1 = region.box.tolist()
-                b[slot] = torch.tensor([x0 / w, y0 / h, x1 / w, y1 / h, region.area / (h * w)])
+                x0, y0, x1, y1 = box.tolist()
+                b[slot] = torch.tensor([x0 / w, y0 / h, x1 / w, y1 / h, float(mask.sum()) / (h * w)])
                 v[slot] = True
-                m[slot] = region.mask
+                m[slot] = mask
             features.append(f)
             boxes.append(b)
             valid.append(v)
             masks.append(m)
     return RegionBatch(torch.stack(features), torch.stack(boxes), torch.stack(valid), torch.stack(masks))
+
+
+def _instance_regions(tower, object_dino: ObjectDINO, out, k: int, min_area: int) -> list[list[tuple]]:
+    """Per image, the (mask (h, w), patch box) of its valid Object-DINO instances of at least `min_area` patches,
+    in instance order, at most k."""
+    if k == 0:
+        return [[] for _ in out.image_sizes]
+    found = object_dino.instances(out, max_objects=k, tower=tower)
+    return [[(mask, box) for mask, box, ok in zip(found.masks[b], found.patch_boxes[b], found.valid[b])
+             if bool(ok) and int(mask.sum()) >= min_area] for b in range(found.masks.shape[0])]
 
 
 def pool_vlm_features(image_features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -139,3 +139,38 @@ def test_options_and_twins_refused_with_clear_errors(tmp_path):
         GuidanceConfig(mode="highlight", mask_source="oracle")
     with pytest.raises(ValueError, match="unknown option"):
         check_method_options("highlight", {"mode": "vcd"})
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_instance_regions_draw_with_the_union_of_the_object_instances(mode, tower):
+    """regions="instances": the branch is drawn with 1.0 inside the union of ObjectDINO.instances' pixel masks."""
+    from grounding.objects.instance_registry import instance_pixel_masks
+
+    _, processor = make_tiny_llava()
+    images = photos(2)
+    guide = build_method(mode, tower, processor, regions="instances", max_objects=3, object_dino=OD)
+    for image, drawn in zip(images, guide.region_maps(images)):
+        out = tower([image])
+        found = ObjectDINO(ObjectDINOConfig(**OD)).instances(out, max_objects=3)
+        assert bool(found.valid[0].any())
+        union = instance_pixel_masks(found, out, 0).any(0)
+        assert drawn.shape == (image.height, image.width)
+        assert torch.equal(drawn, union.float())
+        expected = remove_objects(image, union.float(), 0.5, "mean") if mode == "masked-contrast" else \
+            red_tint(image, union.float(), 0.5)
+        assert np.array_equal(np.asarray(guide.branch_image(image)), np.asarray(expected))
+    calls = guide.tower_calls
+    guide.region_maps(images)  # kept per image
+    assert guide.tower_calls == calls
+    moved = build_method(f"{mode}@random", tower, processor, regions="instances", max_objects=3, object_dino=OD)
+    for image, drawn, plain in zip(images, moved.region_maps(images), guide.region_maps(images)):
+        assert areas(drawn) == areas(plain)  # the union's regions, moved
+
+
+def test_regions_option_is_checked():
+    with pytest.raises(ValueError, match="regions must be 'map' or 'instances'"):
+        GuidanceConfig(mode="highlight", regions="boxes")
+    with pytest.raises(ValueError, match="max_objects must be >= 1"):
+        GuidanceConfig(mode="highlight", regions="instances", max_objects=0)
+    with pytest.raises(ValueError, match="mode 'vcd' .* regions"):
+        GuidanceConfig(mode="vcd", regions="instances")

@@ -208,3 +208,39 @@ def test_region_tokens_method_binds_adapter_and_lora_then_restores_the_model(tow
     method = build_method("region-tokens", None, resized, adapter=str(tmp_path / "adapter"), task="question")
     assert method.processor is not resized and method.processor.image_processor.size == processor.image_processor.size
     assert resized.image_processor.size == {"height": 64, "width": 64}
+
+
+def test_instance_regions_are_the_object_instances(tower, tmp_path):
+    """RegionConfig(regions="instances"): the regions are ObjectDINO.instances' valid masks in order, each feature the
+    mean patch token under its mask, each box its patch box over the grid; the region-tokens method takes the option."""
+    from grounding.objects.object_dino import ObjectDINO, ObjectDINOConfig
+    from grounding.region_tokens import extract_regions
+
+    k = 3
+    rng = np.random.default_rng(1)
+    imgs = [Image.fromarray((rng.random((40, 60, 3)) * 255).astype(np.uint8)) for _ in range(2)]  # one grid size
+    config = RegionConfig(num_regions=k, object_dino=OD, projector_hidden=16, regions="instances")
+    grounding = RegionGrounding(config, tower=tower)
+    regions = extract_regions(tower, grounding.object_dino, imgs, config)
+    for row, image in enumerate(imgs):
+        out = tower([image])
+        found = ObjectDINO(ObjectDINOConfig(**OD)).instances(out, max_objects=k)
+        keep = found.valid[0]
+        n = int(keep.sum())
+        assert torch.equal(regions.valid[row], torch.arange(k) < n)
+        assert torch.equal(regions.masks[row, :n], found.masks[0][keep])
+        tokens = out.patch_tokens().float()[0]  # (N, C)
+        h, w = out.grid
+        for slot in range(n):
+            mask = found.masks[0][keep][slot].flatten()
+            torch.testing.assert_close(regions.features[row, slot], tokens[mask].mean(0))
+            x0, y0, x1, y1 = found.patch_boxes[0][keep][slot].tolist()
+            torch.testing.assert_close(regions.boxes[row, slot],
+                                       torch.tensor([x0 / w, y0 / h, x1 / w, y1 / h, float(mask.sum()) / (h * w)]))
+    with pytest.raises(ValueError, match="regions must be 'map' or 'instances'"):
+        RegionConfig(regions="boxes")
+    from grounding.methods import check_method_options
+
+    with pytest.raises(ValueError, match="regions must be 'map' or 'instances'"):
+        check_method_options("region-tokens", {"adapter": str(tmp_path), "regions": "boxes"})
+    check_method_options("region-tokens", {"adapter": str(tmp_path), "regions": "instances"})
