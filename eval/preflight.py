@@ -55,7 +55,7 @@ def check_run(config, device: str | None) -> None:
         check_weights(config.tower, "--tower", f"grounding tower (for {', '.join(towered)})")
     for method, options in config.method_options.items():
         for key, value in options.items():
-            if key in ("adapter", "regions") and isinstance(value, str) and not Path(value).expanduser().exists():
+            if key == "adapter" and isinstance(value, str) and not Path(value).expanduser().exists():
                 raise FileNotFoundError(f"--method-options {method}.{key}: no such folder: {value}")
 
 

@@ -51,7 +51,8 @@ CONTROL = "control"  # a row, not a method: the baseline on the control model (`
 WORLD_METHODS = ("baseline", "vcd", "region-tokens", CONTROL,
                  "region-evidence", "region-evidence@random", "region-evidence@oracle")
 DISCOVERY_METHODS = ("lost", "tokencut", "dinoseg", "object-dino",  # the references, exactly
-                     "lost-centred", "tokencut-adaptive", "object-dino-adaptive")  # the library's variants
+                     "lost-centred", "tokencut-adaptive", "object-dino-adaptive",  # the library's variants
+                     "object-dino-compact")  # the library's default single-object method
 POPE_SPLITS = ("random", "popular", "adversarial")
 
 

@@ -40,6 +40,7 @@ class PatchBox:
     mask: torch.Tensor  # (h, w) bool
     seed: int
     degenerate: bool = False
+    pixel_box: torch.Tensor | None = None  # (4,) original-image pixels, when the method measured it finer than patches
 
 
 def _component_of(mask: torch.Tensor, seed: int) -> torch.Tensor:
@@ -189,10 +190,14 @@ def cut(affinity: torch.Tensor, grid: tuple[int, int], tau: float, eps: float, c
 
 def discovery_output(found: list[PatchBox], out: TowerOutput) -> DiscoveryOutput:
     """One `PatchBox` per image -> a `DiscoveryOutput`, boxes mapped to original-image pixels with each image's
-    pixels per patch."""
+    pixels per patch (or the `pixel_box` a method measured itself)."""
     patch_boxes = torch.stack([f.box for f in found]).cpu()
+    boxes = boxes_to_pixels(patch_boxes, out.patch_scale, out.image_sizes)
+    for i, f in enumerate(found):
+        if f.pixel_box is not None:
+            boxes[i] = f.pixel_box.to(boxes)
     return DiscoveryOutput(
-        boxes=boxes_to_pixels(patch_boxes, out.patch_scale, out.image_sizes),
+        boxes=boxes,
         patch_boxes=patch_boxes,
         masks=torch.stack([f.mask for f in found]).cpu(),
         seeds=torch.tensor([f.seed for f in found]),

@@ -58,7 +58,7 @@ from .instance_registry import (DEFAULT_INSTANCE_METHOD, INSTANCE_METHODS, Insta
 from .regions import connected_components
 
 __all__ = ["InstanceOutput", "iterative_cut", "batched_adaptive_tau", "seed_components", "masks_to_boxes",
-           "INSTANCE_METHODS", "DEFAULT_INSTANCE_METHOD", "instances", "instance_pixel_masks"]
+           "INSTANCE_METHODS", "DEFAULT_INSTANCE_METHOD", "instances", "instance_pixel_masks", "oriented_object_maps"]
 
 Removal = Literal["reference", "subgraph"]
 _OUTSIDE = 10.0  # diagonal given to removed patches: above the normalised Laplacian's spectrum [0, 2]
@@ -210,7 +210,8 @@ def _run_object_dino(out: TowerOutput, max_objects: int = 3, object_dino=None, t
     return iterative_cut(affinity, out.grid, max_objects, threshold, cfg.tokencut_eps, corners, removal)
 
 
-def _oriented_maps(out: TowerOutput, object_dino=None, map_k: int | None = 5, tower=None, with_model: bool = False):
+def oriented_object_maps(out: TowerOutput, object_dino=None, map_k: int | None = 5, tower=None,
+                         with_model: bool = False):
     """(B, h, w) Object-DINO maps with the [CLS]-attention polarity (`orient_maps(rule="attention")`), clustered
     with `map_k` clusters (the maps' reference k = 5; None: the given config's k), and the analysis."""
     config = object_dino.config if object_dino is not None else ObjectDINOConfig()
@@ -251,7 +252,7 @@ def map_regions(maps: torch.Tensor, max_objects: int) -> dict[str, torch.Tensor]
 
 def _run_object_dino_map(out: TowerOutput, max_objects: int = 3, object_dino=None, map_k: int | None = 5,
                          tower=None, **_) -> dict:
-    maps, _ = _oriented_maps(out, object_dino, map_k, tower)
+    maps, _ = oriented_object_maps(out, object_dino, map_k, tower)
     return map_regions(maps, max_objects)
 
 
@@ -259,7 +260,7 @@ def _run_object_dino_in_map(out: TowerOutput, max_objects: int = 3, object_dino=
                             map_k: int | None = 5, tower=None, corners: int | None = 3, **_) -> dict:
     """Iterative cuts of the discovery affinity restricted to the foreground of the oriented object map."""
     object_dino = object_dino if object_dino is not None else ObjectDINO(k=12)
-    maps, _ = _oriented_maps(out, object_dino, map_k, tower)
+    maps, _ = oriented_object_maps(out, object_dino, map_k, tower)
     analysis = object_dino.analyse(out)
     affinity = object_dino.discovery_affinity(out, analysis.selected)
     cfg = object_dino.config
@@ -275,7 +276,7 @@ def _run_object_dino_map_cut(out: TowerOutput, max_objects: int = 3, object_dino
                              **_) -> dict:
     """The map's regions (largest first), then the iterative cuts of the discovery affinity of the same analysis's
     object heads that overlap no kept instance by mask IoU >= `overlap`, up to `max_objects`."""
-    maps, analysis, model = _oriented_maps(out, object_dino, map_k, tower, with_model=True)
+    maps, analysis, model = oriented_object_maps(out, object_dino, map_k, tower, with_model=True)
     regions = map_regions(maps, max_objects)
     affinity = model.discovery_affinity(out, analysis.selected)
     cfg = model.config

@@ -74,6 +74,7 @@ def test_method_options_are_checked_before_any_model_loads(inputs, capsys):
                              ('{"vcd": {"branches": "jiont"}}',
                               "vcd.branches must be one of 'auto', 'separate', 'joint'"),
                              ('{"baseline": {"alpha": 1}}', "baseline: unknown option(s) 'alpha'; it takes none"),
+                             ('{"highlight": {"regions": "boxes"}}', "highlight.regions must be one of 'map', 'instances'"),
                              ('[1]', "--method-options must be a JSON object of method: {option: value}"),
                              ('{"highlight": 3}', "--method-options must be a JSON object of method: {option: value}"),
                              ('{"highlight": {', "--method-options: not valid JSON")):
@@ -85,6 +86,9 @@ def test_method_options_are_checked_before_any_model_loads(inputs, capsys):
     assert "unknown grounding method 'hihglight'" in _error(capsys)
     assert main(_pope(inputs, "--methods", "region-tokens")) == 2
     assert "region-tokens needs the adapter folder" in _error(capsys)
+    # `regions` is a choice, not a folder: preflight only checks `adapter` for existence
+    main(_pope(inputs, "--methods", "highlight", "--method-options", '{"highlight": {"regions": "instances"}}'))
+    assert "no such folder" not in _error(capsys)
 
 
 def test_nonsense_values_are_refused(inputs, tmp_path, capsys):
