@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from eval.run_folder import weights_identity
-from eval.world_demo import (CONTROL, DISCOVERY_METHODS, POPE_SPLITS, WORLD_METHODS, WorldDemoConfig,
+from eval.world_demo import (CONTROL, DISCOVERY_METHODS, FOREGROUND, POPE_SPLITS, WORLD_METHODS, WorldDemoConfig,
                              bar_charts, bootstrap_interval, run_world_demo, table_lines)
 from grounding.region_tokens import RegionConfig, RegionGrounding
 from tiny_vlm import make_tiny_llava
@@ -72,7 +72,7 @@ def test_world_demo_reports_every_method_and_metric(tiny_models, tiny_reg_dir, t
         for metric in ("chair_s", "chair_i", "recall"):
             assert math.isfinite(saved["chair"][method][metric]["value"])
         assert saved["chair"][method]["captions"] == 3
-    assert set(saved["discovery"]) == set(DISCOVERY_METHODS) | {"object-dino-map"}
+    assert set(saved["discovery"]) == set(DISCOVERY_METHODS) | {FOREGROUND}
     assert len(list((tmp_path / "out" / "instances").glob("*.png"))) == 8  # the default instances, per image
     for row in saved["discovery"].values():
         assert 0 <= row["corloc"]["value"] <= 100 and 0 <= row["mask_iou"]["value"] <= 100
