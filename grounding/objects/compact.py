@@ -20,31 +20,20 @@ bilinear upsampling of its regions' indicators (in chunks of `chunk` regions).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..tower.backbone import TowerOutput
 from .cuts import PatchBox
 from .discovery import register_discovery
 from .instance_registry import masks_to_boxes
 from .instances import map_regions, oriented_object_maps
-from .regions import connected_components
+from .regions import connected_components, upsample_grids
 
 __all__ = ["compact_regions", "most_compact", "pixel_footprints"]
 
 
-def _upsample(grid: torch.Tensor, scale: tuple[float, float], size: tuple[int, int]) -> torch.Tensor:
-    """(L, h, w) patch-grid values -> (L, H, W) over the image's pixels: bilinear, the padding of the tower's input
-    cropped off (as `regions.upsample_maps`)."""
-    h, w = grid.shape[-2:]
-    height, width = size
-    full = (max(height, round(h * scale[1])), max(width, round(w * scale[0])))
-    up = F.interpolate(grid[:, None].float(), size=full, mode="bilinear", align_corners=False)[:, 0]
-    return up[:, :height, :width]
-
-
 def pixel_footprints(grid_masks: torch.Tensor, scale: tuple[float, float], size: tuple[int, int]) -> torch.Tensor:
     """(L, h, w) patch-grid indicators -> (L, H, W) bool over the image's pixels: bilinear upsampling >= 0.5."""
-    return _upsample(grid_masks, scale, size) >= 0.5
+    return upsample_grids(grid_masks, scale, size) >= 0.5
 
 
 Picked = tuple[torch.Tensor, torch.Tensor] | None  # (patch mask (h, w), pixel box (4,)), or None
@@ -66,7 +55,7 @@ def most_compact(maps: torch.Tensor, patch_scale: torch.Tensor, image_sizes: lis
         if not len(members):
             found.append(None)
             continue
-        above = _upsample(grid_map[None], scale, size)[0].clamp(0, 1) >= threshold  # (H, W)
+        above = upsample_grids(grid_map[None], scale, size)[0].clamp(0, 1) >= threshold  # (H, W)
         per_patch = scale[0] * scale[1]
         best, best_score, best_mask = None, -1.0, None
         for start in range(0, len(members), chunk):

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["connected_components", "mask_to_box", "boxes_to_pixels", "Region", "object_regions", "upsample_maps"]
+__all__ = ["connected_components", "mask_to_box", "boxes_to_pixels", "Region", "object_regions", "upsample_maps",
+           "upsample_grids"]
 
 
 def connected_components(mask: torch.Tensor) -> torch.Tensor:
@@ -55,16 +56,21 @@ def boxes_to_pixels(boxes: torch.Tensor, patch_scale: torch.Tensor, image_sizes:
     return torch.minimum(pixels.clamp_min(0), limits)
 
 
+def upsample_grids(grids: torch.Tensor, scale: tuple[float, float], size: tuple[int, int]) -> torch.Tensor:
+    """(L, h, w) values on ONE image's patch grid -> (L, H, W) over its original pixels (bilinear; the padding of the
+    tower's input cropped off). scale: the image's (x, y) pixels per patch; size: its (H, W)."""
+    h, w = grids.shape[-2:]
+    height, width = size
+    full = (max(height, round(h * scale[1])), max(width, round(w * scale[0])))
+    up = F.interpolate(grids[:, None].float(), size=full, mode="bilinear", align_corners=False)[:, 0]
+    return up[:, :height, :width]
+
+
 def upsample_maps(maps: torch.Tensor, patch_scale: torch.Tensor,
                   image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
     """(B, h, w) grid maps -> per image (H, W) maps over the original pixels (bilinear; padding cropped off)."""
-    out = []
-    for grid_map, (sx, sy), (height, width) in zip(maps, patch_scale.tolist(), image_sizes):
-        h, w = grid_map.shape
-        full = (max(height, round(h * sy)), max(width, round(w * sx)))
-        up = F.interpolate(grid_map[None, None].float(), size=full, mode="bilinear", align_corners=False)[0, 0]
-        out.append(up[:height, :width].clamp(0, 1))
-    return out
+    return [upsample_grids(grid_map[None], tuple(scale), tuple(size))[0].clamp(0, 1)
+            for grid_map, scale, size in zip(maps, patch_scale.tolist(), image_sizes)]
 
 
 @dataclass
