@@ -73,6 +73,7 @@ from ..images import as_pil, image_key, per_distinct_image
 from ..objects.instance_registry import instance_pixel_masks
 from ..objects.mask_source import MaskSource, check_mask_source
 from ..objects.object_dino import ObjectDINO, ObjectDINOConfig
+from ..tower.backbone import per_input_size
 from .rows import stack_rows
 from .prefix_cache import PrefixCache, generate_new_tokens
 from .sampling import sampling_settings, with_reference_sampling
@@ -176,18 +177,12 @@ class ObjectGuidance:
         return self._per_tower_size(list(images), union)
 
     def _per_tower_size(self, images: list[Image.Image], compute: Callable) -> list[torch.Tensor]:
-        """`compute(tower_output)` -> one (H, W) map per image, run once per tower input size (one tower call for
-        the whole batch when the images share a size or the tower resizes to a fixed size)."""
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, image in enumerate(images):
-            groups.setdefault(self.tower.input_geometry(image.height, image.width)[1], []).append(i)
-        out: list = [None] * len(images)
-        for group in groups.values():
-            maps = compute(self.tower([images[i] for i in group]))
+        """`compute(tower_output)` -> one (H, W) map per image, on the CPU; one tower call per tower input size."""
+        def counted(found) -> list[torch.Tensor]:
             self.tower_calls += 1
-            for i, full in zip(group, maps):
-                out[i] = full.cpu()
-        return out
+            return [full.cpu() for full in compute(found)]
+
+        return per_input_size(self.tower, images, counted)
 
     def region_maps(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
         """(H, W) map of each image that its branch is drawn with, from the mask source: `object_maps(images)`

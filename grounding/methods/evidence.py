@@ -56,6 +56,7 @@ from ..objects.mask_source import MASK_SOURCES as OBJECT_MASK_SOURCES
 from ..objects.mask_source import (OracleMasks, check_mask_source, instance_cells, placement_seed,
                                    random_regions, region_cells)
 from ..objects.object_dino import ObjectDINO, ObjectDINOConfig
+from ..tower.backbone import per_input_size
 from .registry import fixed_options, register_method
 
 __all__ = [
@@ -293,21 +294,14 @@ class RegionEvidence:
         if cfg.mask_source == "oracle":
             return [self.oracle.instance_masks(image) if cfg.regions == "instances" else self.oracle.mask(image)[None]
                     for image in images]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, image in enumerate(images):
-            groups.setdefault(self.tower.input_geometry(image.height, image.width)[1], []).append(i)
-        out: list = [None] * len(images)
-        for group in groups.values():
-            found = self.tower([images[i] for i in group])
+        def compute(found) -> list[np.ndarray]:
             if cfg.regions == "instances":
                 objects = self.object_dino.instances(found, max_objects=cfg.max_objects, tower=self.tower)
-                for b, i in enumerate(group):
-                    out[i] = instance_pixel_masks(objects, found, b).cpu().numpy()
-            else:
-                maps = self.object_dino.object_maps(found, upsample=True)
-                for i, full in zip(group, maps):
-                    out[i] = (full > cfg.map_threshold).cpu().numpy()[None]
-        return out
+                return [instance_pixel_masks(objects, found, b).cpu().numpy() for b in range(len(found.image_sizes))]
+            return [(full > cfg.map_threshold).cpu().numpy()[None]
+                    for full in self.object_dino.object_maps(found, upsample=True)]
+
+        return per_input_size(self.tower, list(images), compute)
 
     def support(self, model, images: Sequence[Image.Image]) -> list[torch.Tensor]:
         """Per image, (1 + C,) the number of region tokens voting for background and each category. The distinct

@@ -25,7 +25,7 @@ from ..tower.backbone import TowerOutput
 from .cuts import PatchBox
 from .discovery import register_discovery
 from .instance_registry import masks_to_boxes
-from .instances import map_regions, oriented_object_maps
+from .instances import first_patch_boxes, map_regions, oriented_object_maps
 from .regions import connected_components, upsample_grids
 
 __all__ = ["compact_regions", "most_compact", "pixel_footprints"]
@@ -78,19 +78,12 @@ def compact_regions(out: TowerOutput, object_dino=None, map_k: int | None = 5, t
                     min_area: int = 2, chunk: int = 16, **_) -> list[PatchBox]:
     """`object-dino-compact`: one region per image (module doc), its patch mask and its pixel box."""
     maps, _ = oriented_object_maps(out, object_dino, map_k, tower)  # (B, h, w), 0 below the map's threshold
-    fallback = map_regions(maps, 1)  # object-dino-map: the largest region
-    found = []
+    found = first_patch_boxes(map_regions(maps, 1))  # object-dino-map's box: kept where no region is picked
     for b, picked in enumerate(most_compact(maps, out.patch_scale.cpu(), out.image_sizes, threshold, min_area, chunk)):
-        if picked is None:
-            degenerate = not bool(fallback["valid"][b, 0])
-            mask = fallback["masks"][b, 0].cpu()
-            mask = torch.ones_like(mask) if degenerate else mask
-            found.append(PatchBox(box=masks_to_boxes(mask), mask=mask, seed=int(mask.flatten().nonzero()[0]),
-                                  degenerate=degenerate))
-            continue
-        mask, pixel_box = picked[0].cpu(), picked[1].cpu()
-        found.append(PatchBox(box=masks_to_boxes(mask), mask=mask, seed=int(mask.flatten().nonzero()[0]),
-                              pixel_box=pixel_box))
+        if picked is not None:
+            mask = picked[0].cpu()
+            found[b] = PatchBox(box=masks_to_boxes(mask), mask=mask, seed=int(mask.flatten().nonzero()[0]),
+                                pixel_box=picked[1].cpu())
     return found
 
 

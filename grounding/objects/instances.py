@@ -58,7 +58,8 @@ from .instance_registry import (DEFAULT_INSTANCE_METHOD, INSTANCE_METHODS, Insta
 from .regions import connected_components
 
 __all__ = ["InstanceOutput", "iterative_cut", "batched_adaptive_tau", "seed_components", "masks_to_boxes",
-           "INSTANCE_METHODS", "DEFAULT_INSTANCE_METHOD", "instances", "instance_pixel_masks", "oriented_object_maps"]
+           "INSTANCE_METHODS", "DEFAULT_INSTANCE_METHOD", "instances", "instance_pixel_masks", "oriented_object_maps",
+           "first_patch_boxes"]
 
 Removal = Literal["reference", "subgraph"]
 _OUTSIDE = 10.0  # diagonal given to removed patches: above the normalised Laplacian's spectrum [0, 2]
@@ -324,7 +325,11 @@ INSTANCE_METHODS.update({
 # ---------------------------------------------------------------- single-object runners (grounding.objects.discovery)
 def run_first_instance(out: TowerOutput, method: str = "object-dino", **options) -> list:
     """The first instance of an instance method as a single-object `PatchBox` list (whole grid when none)."""
-    cut = INSTANCE_METHODS[method](out, max_objects=1, **options)
+    return first_patch_boxes(INSTANCE_METHODS[method](out, max_objects=1, **options))
+
+
+def first_patch_boxes(cut: dict[str, torch.Tensor]) -> list[PatchBox]:
+    """An instance method's dict -> its first instance per image as a `PatchBox` (the whole grid when invalid)."""
     found = []
     for mask, valid, degenerate in zip(cut["masks"][:, 0].cpu(), cut["valid"][:, 0].cpu(), cut["degenerate"].cpu()):
         if not bool(valid):

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -23,7 +23,8 @@ from ..weights import WeightsNotFoundError, missing_weights, resolve_weights
 from .capture import QKVCollector, attention_capture, projection_capture
 from .processing import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig, TowerProcessor
 
-__all__ = ["PreprocessConfig", "TowerConfig", "TowerOutput", "RegisterViT", "WeightsNotFoundError"]
+__all__ = ["PreprocessConfig", "TowerConfig", "TowerOutput", "RegisterViT", "WeightsNotFoundError",
+           "per_input_size"]
 
 _HF_TYPES = ("dinov2_with_registers", "dinov2", "dinov3_vit")
 
@@ -290,3 +291,17 @@ class RegisterViT(nn.Module):
             for handle in handles:
                 handle.remove()
         return last, (tuple(hidden) if output_hidden_states else None)
+
+
+def per_input_size(tower: RegisterViT, images: Sequence, compute: Callable[[TowerOutput], Sequence]) -> list:
+    """One result per PIL image, in order: the images go through the tower in one call per tower input size (one
+    call for all of them when they share a size or the tower resizes to a fixed size), and `compute(output)` turns
+    each call's output into one result per image of that call."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tower.input_geometry(image.height, image.width)[1], []).append(i)
+    results: list = [None] * len(images)
+    for group in groups.values():
+        for i, result in zip(group, compute(tower([images[i] for i in group]))):
+            results[i] = result
+    return results
