@@ -53,7 +53,9 @@ class RegionBatch:
     features: torch.Tensor  # (B, K, C) pooled region features (zeros in empty slots)
     boxes: torch.Tensor  # (B, K, 5) [x0, y0, x1, y1, area] in [0, 1]
     valid: torch.Tensor  # (B, K) bool
-    masks: torch.Tensor  # (B, K, h, w) bool on the tower's patch grid
+    # (B, K, h, w) bool on the tower's patch grid; PIL images of different grids: each row's grid in its top-left
+    # corner, padded with False to the largest (h, w) of the batch
+    masks: torch.Tensor
 
 
 def _tower_outputs(tower, images) -> list:
@@ -96,6 +98,8 @@ def extract_regions(tower, object_dino: ObjectDINO, images: torch.Tensor | list,
             boxes.append(b)
             valid.append(v)
             masks.append(m)
+    rows, cols = max(m.shape[-2] for m in masks), max(m.shape[-1] for m in masks)
+    masks = [F.pad(m, (0, cols - m.shape[-1], 0, rows - m.shape[-2])) for m in masks]  # False bottom / right
     return RegionBatch(torch.stack(features), torch.stack(boxes), torch.stack(valid), torch.stack(masks))
 
 

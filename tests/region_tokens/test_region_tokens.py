@@ -244,3 +244,27 @@ def test_instance_regions_are_the_object_instances(tower, tmp_path):
     with pytest.raises(ValueError, match="regions must be 'map' or 'instances'"):
         check_method_options("region-tokens", {"adapter": str(tmp_path), "regions": "boxes"})
     check_method_options("region-tokens", {"adapter": str(tmp_path), "regions": "instances"})
+
+
+@pytest.mark.parametrize("regions", ["map", "instances"])
+def test_pil_images_of_different_grids_share_one_batch(tower, regions):
+    """A list of PIL images whose tower grids differ (a landscape and a portrait photo): each row equals the image
+    extracted alone, its masks in the top-left corner of the batch's largest grid, False elsewhere."""
+    from grounding.region_tokens import extract_regions
+
+    rng = np.random.default_rng(2)
+    imgs = [Image.fromarray((rng.random(shape) * 255).astype(np.uint8)) for shape in ((40, 60, 3), (60, 40, 3))]
+    config = RegionConfig(num_regions=3, object_dino=OD, projector_hidden=16, regions=regions)
+    grounding = RegionGrounding(config, tower=tower)
+    both = extract_regions(tower, grounding.object_dino, imgs, config)
+    alone = [extract_regions(tower, grounding.object_dino, [image], config) for image in imgs]
+    grids = [a.masks.shape[-2:] for a in alone]
+    assert grids[0] != grids[1]
+    rows, cols = max(g[0] for g in grids), max(g[1] for g in grids)
+    assert both.masks.shape == (2, 3, rows, cols)
+    for row, (single, (h, w)) in enumerate(zip(alone, grids)):
+        torch.testing.assert_close(both.features[row], single.features[0])
+        torch.testing.assert_close(both.boxes[row], single.boxes[0])
+        assert torch.equal(both.valid[row], single.valid[0])
+        assert torch.equal(both.masks[row, :, :h, :w], single.masks[0])
+        assert not both.masks[row, :, h:].any() and not both.masks[row, :, :, w:].any()
