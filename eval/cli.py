@@ -33,7 +33,7 @@ from .world_cli import add_world_command
 __all__ = ["main", "build_parser"]
 
 # grounding.objects.discovery.DEFAULT_METHOD, named here so that parsing arguments does not import torch (a test checks)
-DISCOVERY_DEFAULT = "object-dino-compact"
+DISCOVERY_DEFAULT = "object-dino-whole"
 INSTANCE_DEFAULT = "object-dino-map-cut"  # grounding.objects.instances.DEFAULT_INSTANCE_METHOD
 
 

@@ -128,7 +128,7 @@ DISCOVERY_METHODS: dict[str, Callable[..., list[PatchBox]]] = {
     "tokencut-adaptive": partial(_run_tokencut, adaptive=True),
     "object-dino-adaptive": partial(_run_object_dino, adaptive=True),
 }
-DEFAULT_METHOD = "object-dino-compact"  # registered by .compact; chosen on world val (docs/discovery.md)
+DEFAULT_METHOD = "object-dino-whole"  # registered by .compact; chosen on world val and photo val (docs/discovery.md)
 
 
 def register_discovery(name: str, function: Callable[..., list[PatchBox]]) -> None:
