@@ -8,9 +8,9 @@ One tower pass per image (not timed in the ratios); then, in rounds (each round 
 table takes each one's median over rounds, so a busy machine slows all of them alike), on a CPU with this
 process's CPU time as the clock:
 
-* single: `discover(<single>, out)` for each single-object method (`object-dino-compact`, the default;
-  `object-dino-map`; the cut of the Object-DINO affinity `object-dino-adaptive`; the cut of the keys
-  `tokencut-adaptive`);
+* single: `discover(<single>, out)` for each single-object method (`object-dino-whole`, the default;
+  `object-dino-compact`; `object-dino-map`; the cut of the Object-DINO affinity `object-dino-adaptive`; the cut of
+  the keys `tokencut-adaptive`);
 * instances: `instances(<method>, out, max_objects)` for `object-dino-map-cut` (the default), `object-dino-map`,
   `object-dino` and `maskcut-adaptive`.
 
@@ -36,7 +36,8 @@ from grounding.images import load_image  # noqa: E402
 from grounding.objects.instances import instances  # noqa: E402
 from grounding.objects.object_dino import ObjectDINO  # noqa: E402
 
-PAIRS = [("object-dino-map-cut", "object-dino-compact"), ("object-dino-map-cut", "object-dino-map"),
+PAIRS = [("object-dino-map-cut", "object-dino-whole"), ("object-dino-map-cut", "object-dino-compact"),
+         ("object-dino-map-cut", "object-dino-map"),
          ("object-dino-map", "object-dino-map"),
          ("object-dino", "object-dino-adaptive"), ("maskcut-adaptive", "tokencut-adaptive")]
 

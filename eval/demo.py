@@ -35,10 +35,10 @@ from .records import run_metadata, write_json
 __all__ = ["run_demo", "photos_dir", "METHODS"]
 
 # the references with their published parameters and their adaptive form, then Object-DINO's published cut, its
-# adaptive form, the largest region of its map (the default before object-dino-compact) and the library's default
-# (DEFAULT_METHOD)
+# adaptive form, the largest region of its map, its most compact region (the defaults before object-dino-whole) and
+# the library's default (DEFAULT_METHOD)
 METHODS = tuple(dict.fromkeys(("lost", "tokencut", "dinoseg", "tokencut-adaptive", "object-dino",
-                               "object-dino-adaptive", "object-dino-map", DEFAULT_METHOD)))
+                               "object-dino-adaptive", "object-dino-map", "object-dino-compact", DEFAULT_METHOD)))
 
 
 def photos_dir() -> Path:

@@ -52,7 +52,8 @@ WORLD_METHODS = ("baseline", "vcd", "region-tokens", CONTROL,
                  "region-evidence", "region-evidence@random", "region-evidence@oracle")
 DISCOVERY_METHODS = ("lost", "tokencut", "dinoseg", "object-dino",  # the references, exactly
                      "lost-centred", "tokencut-adaptive", "object-dino-adaptive",  # the library's variants
-                     "object-dino-map", "object-dino-compact")  # the largest map region; the library's default
+                     "object-dino-map", "object-dino-compact",  # the largest map region; its most compact one
+                     "object-dino-whole")  # the library's default: the compact region or the whole it is part of
 # the box and mask of the whole Object-DINO map > 0 (every object region together): its mask IoU is the union map's
 FOREGROUND = "object-dino-foreground"
 POPE_SPLITS = ("random", "popular", "adversarial")

@@ -17,12 +17,12 @@ An image with no region of `min_area` patches gets `object-dino-map`'s box (its 
 the map is empty). Batched: one Object-DINO analysis and one connected-components pass for the batch; per image one
 bilinear upsampling of its regions' indicators (in chunks of `chunk` regions).
 
-3. **Parts and wholes** (`whole=True`, `object-dino-whole`). The map's object heads often light up the most
-   distinctive part of a large object (a face, not the person). Object-DINO's own cut - TokenCut on the discovery
-   affinity of the same object heads, tau raised to the median when the graph is complete (`object-dino-adaptive`'s
-   step) - gives a segment; when the compact region lies mostly inside the segment's pixel footprint (at least half
-   its pixels) and covers less than `part_share` of it, the region is a part of that segment, and the segment's
-   patch mask and pixel box are the answer (`part_of`). Otherwise the compact region stands.
+**Parts and wholes** (`whole=True`, `object-dino-whole`). The map's object heads often light up the most distinctive
+part of a large object (a face, not the person). Object-DINO's own cut - TokenCut on the discovery affinity of the
+same object heads, tau raised to the median when the graph is complete (`object-dino-adaptive`'s step) - gives a
+segment; when the compact region lies mostly inside the segment's pixel footprint (at least half its pixels) and
+covers less than `part_share` of it, the region is a part of that segment, and the segment's patch mask and pixel
+box are the answer (`part_of`). Otherwise the compact region stands.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def pixel_footprints(grid_masks: torch.Tensor, scale: tuple[float, float], size:
     return upsample_grids(grid_masks, scale, size) >= 0.5
 
 
-Picked = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # (patch mask (h, w), pixel box (4,), pixel mask (H, W))
+# (patch mask (h, w), pixel box (4,), pixel mask (H, W)) of an image's most compact region, or None
+Picked = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
 
 
 def part_of(part: torch.Tensor, whole: torch.Tensor, share: float = 0.2) -> bool:
